@@ -1,0 +1,268 @@
+"""
+The LLaMA decoder (LLaMA-1/2/3, Mistral, SmolLM, ...) in one file, with Hugging Face module names
+so that loading a checkpoint is a rename (see load_hf_weights.py).
+
+    x = embed(input_ids)
+    for each block:  x = x + Attention(RMSNorm(x)),  x = x + SwiGLU(RMSNorm(x))
+    logits = lm_head(RMSNorm(x))
+
+Shapes: B batch, T tokens, H query heads, Hkv key/value heads, D head_dim, C hidden size.
+Positions enter only through RoPE on q and k, so `position_ids` may skip (PoSE) while the
+attention mask stays plain causal: token order is what makes attention causal.
+"""
+from dataclasses import dataclass, field, fields
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from rope import ROPE_TYPES, apply_rope, cos_sin, rope_from_config
+
+IGNORE_INDEX = -100  # label value that is not scored (transformers' convention)
+
+
+@dataclass
+class LlamaConfig:
+    vocab_size: int = 32000
+    hidden_size: int = 4096
+    intermediate_size: int = 11008
+    num_hidden_layers: int = 32
+    num_attention_heads: int = 32
+    num_key_value_heads: int = None  # None: same as num_attention_heads (no GQA)
+    head_dim: int = None  # None: hidden_size // num_attention_heads
+    max_position_embeddings: int = 2048
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 10000.0
+    rope_scaling: dict = None  # None or {"rope_type": one of rope.ROPE_TYPES, "factor": s, ...}
+    tie_word_embeddings: bool = False
+    attention_bias: bool = False
+    mlp_bias: bool = False
+    sliding_window: int = None  # Mistral v0.1; None = full causal attention
+    bos_token_id: int = 1
+    eos_token_id: int = 2
+    model_type: str = "llama"
+    torch_dtype: str = "float32"
+    extra: dict = field(default_factory=dict, repr=False)  # other config.json keys, kept for saving
+
+    def __post_init__(self):
+        self.num_key_value_heads = self.num_key_value_heads or self.num_attention_heads
+        self.head_dim = self.head_dim or self.hidden_size // self.num_attention_heads
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ValueError(f"num_attention_heads={self.num_attention_heads} is not a multiple of "
+                             f"num_key_value_heads={self.num_key_value_heads}")
+        kind = (self.rope_scaling or {}).get("rope_type", "default")
+        if kind not in ROPE_TYPES:
+            raise ValueError(f"unknown rope_type {kind!r}; known: {', '.join(ROPE_TYPES)}")
+
+    @classmethod
+    def from_hf(cls, hf: dict, source="config.json"):
+        """Build from a Hugging Face config.json dict. transformers names RoPE scaling
+        `rope_scaling` (<= 4.x, rope_theta beside it) or `rope_parameters` (5.x, rope_theta inside);
+        its "yarn" is the original YaRN formula, which this project calls "yarn_original"."""
+        if hf.get("model_type") not in ("llama", "mistral"):
+            raise ValueError(f"{source}: model_type {hf.get('model_type')!r} is not supported; expected 'llama' or 'mistral'")
+        if hf.get("hidden_act", "silu") != "silu":
+            raise ValueError(f"{source}: hidden_act {hf['hidden_act']!r} is not supported; expected 'silu'")
+        hf = dict(hf)
+        rope = dict(hf.pop("rope_parameters", None) or hf.pop("rope_scaling", None) or {})
+        hf.pop("rope_scaling", None)
+        theta = rope.pop("rope_theta", None) or hf.pop("rope_theta", 10000.0)
+        hf.pop("rope_theta", None)
+        kind = rope.pop("type", None) or rope.get("rope_type") or "default"
+        rope["rope_type"] = {"yarn": "yarn_original", "su": "longrope"}.get(kind, kind)
+        # ours: this project's own scheme, saved beside the transformers-readable one (see save_model)
+        ours = hf.pop("pose_nano_rope_scaling", None)
+        if ours is not None:
+            rope, theta = dict(ours), ours.get("rope_theta", theta)
+            rope.pop("rope_theta", None)
+        if rope["rope_type"] == "default":
+            rope = None
+        else:
+            if rope["rope_type"] not in ROPE_TYPES:
+                raise ValueError(f"{source}: unknown rope_type {kind!r}; known: {', '.join(ROPE_TYPES)}")
+            # transformers' fallbacks: dynamic measures from max_position_embeddings, others from the original length
+            rope.setdefault("original_max_position_embeddings", hf.get("original_max_position_embeddings", hf.get("max_position_embeddings", 2048)))
+        names = {f.name for f in fields(cls)} - {"extra", "rope_scaling", "rope_theta"}
+        known = {k: v for k, v in hf.items() if k in names and v is not None}
+        if isinstance(known.get("eos_token_id"), list):  # Llama-3 lists several stop tokens
+            known["eos_token_id"] = known["eos_token_id"][0]
+        extra = {k: v for k, v in hf.items() if k not in names}
+        return cls(**known, rope_theta=float(theta), rope_scaling=rope, extra=extra)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim, eps):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        # the mean of squares in fp32: in bf16 it loses the small values that matter
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * xf.type_as(x)
+
+
+class Attention(nn.Module):
+    def __init__(self, config, layer_idx):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.n_head, self.n_kv_head, self.head_dim = config.num_attention_heads, config.num_key_value_heads, config.head_dim
+        self.sliding_window = config.sliding_window
+        C, bias = config.hidden_size, config.attention_bias
+        self.q_proj = nn.Linear(C, self.n_head * self.head_dim, bias=bias)
+        self.k_proj = nn.Linear(C, self.n_kv_head * self.head_dim, bias=bias)
+        self.v_proj = nn.Linear(C, self.n_kv_head * self.head_dim, bias=bias)
+        self.o_proj = nn.Linear(self.n_head * self.head_dim, C, bias=bias)
+
+    def forward(self, x, cos, sin, kv_cache=None):
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, T, D)
+        k = self.k_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
+        v = self.v_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        past = 0
+        if kv_cache is not None:
+            past = kv_cache.length
+            k, v = kv_cache.update(self.layer_idx, k, v)  # (B, Hkv, past + T, D)
+        S = k.shape[2]
+        mask, is_causal = None, past == 0 and T > 1
+        if (past > 0 and T > 1) or (self.sliding_window is not None and S > self.sliding_window):
+            # queries sit at the end of the keys: query t sees keys 0 .. past + t (and, with a
+            # sliding window, only the last `sliding_window` of them)
+            q_idx = torch.arange(past, past + T, device=x.device)[:, None]
+            k_idx = torch.arange(S, device=x.device)[None, :]
+            mask = k_idx <= q_idx
+            if self.sliding_window is not None:
+                mask &= k_idx > q_idx - self.sliding_window
+            is_causal = False
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal,
+                                           enable_gqa=self.n_kv_head != self.n_head)  # (B, H, T, D)
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim))
+
+
+class MLP(nn.Module):
+    """SwiGLU (Shazeer 2020): down(silu(gate(x)) * up(x))."""
+
+    def __init__(self, config):
+        super().__init__()
+        C, I, bias = config.hidden_size, config.intermediate_size, config.mlp_bias
+        self.gate_proj = nn.Linear(C, I, bias=bias)
+        self.up_proj = nn.Linear(C, I, bias=bias)
+        self.down_proj = nn.Linear(I, C, bias=bias)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Block(nn.Module):
+    def __init__(self, config, layer_idx):
+        super().__init__()
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.self_attn = Attention(config, layer_idx)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.mlp = MLP(config)
+
+    def forward(self, x, cos, sin, kv_cache=None):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, kv_cache)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class KVCache:
+    """Keys and values of every layer for greedy decoding, preallocated to `max_len` tokens."""
+
+    def __init__(self, config, batch_size, max_len, device=None, dtype=torch.float32):
+        shape = (batch_size, config.num_key_value_heads, max_len, config.head_dim)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.num_hidden_layers)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.num_hidden_layers)]
+        self.length, self.max_len, self.last_layer = 0, max_len, config.num_hidden_layers - 1
+
+    def update(self, layer_idx, k, v):
+        end = self.length + k.shape[2]
+        if end > self.max_len:
+            raise ValueError(f"KVCache holds {self.max_len} tokens; {end} requested")
+        self.k[layer_idx][:, :, self.length:end] = k
+        self.v[layer_idx][:, :, self.length:end] = v
+        if layer_idx == self.last_layer:
+            self.length = end
+        return self.k[layer_idx][:, :, :end], self.v[layer_idx][:, :, :end]
+
+
+class Llama(nn.Module):
+    def __init__(self, config: LlamaConfig):
+        super().__init__()
+        self.config = config
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(Block(config, i) for i in range(config.num_hidden_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        # tied: the output projection *is* the embedding matrix, so there is no second parameter
+        self.lm_head = None if config.tie_word_embeddings else nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.activation_checkpointing = False  # recompute each block in backward (train.py sets it)
+        self.loss_chunk_size = 1024  # rows of logits materialised at once when computing a loss
+
+    def init_weights(self, std=0.02):
+        """transformers' Llama initialisation: N(0, 0.02) for every matrix, ones for norms."""
+        for name, p in self.named_parameters():
+            if name.endswith("layernorm.weight") or name == "norm.weight":
+                nn.init.ones_(p)
+            elif name.endswith(".bias"):
+                nn.init.zeros_(p)
+            else:
+                nn.init.normal_(p, mean=0.0, std=std)
+
+    @property
+    def output_weight(self):
+        return self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
+
+    def rope(self, position_ids):
+        """cos, sin [B, T, D] fp32 for these positions, computed once and shared by every block."""
+        seq_len = None
+        if (self.config.rope_scaling or {}).get("rope_type") in ("dynamic", "longrope"):
+            seq_len = int(position_ids.max()) + 1  # these two schemes depend on how far the input reaches
+        inv_freq, mscale = rope_from_config(self.config, seq_len)
+        return cos_sin(inv_freq, position_ids, mscale)
+
+    def forward(self, input_ids, position_ids=None, labels=None, kv_cache=None, reduction="mean"):
+        """input_ids [B, T]; position_ids [B, T] or [T] (default: continue after the cache).
+        Without labels: logits [B, T, V]. With labels [B, T] (usually input_ids; -100 = not
+        scored): the next-token loss, averaged ("mean") or summed ("sum") over scored tokens."""
+        B, T = input_ids.shape
+        if position_ids is None:
+            past = kv_cache.length if kv_cache is not None else 0
+            position_ids = torch.arange(past, past + T, device=input_ids.device)
+        if position_ids.dim() == 1:
+            position_ids = position_ids.expand(B, T)
+        cos, sin = self.rope(position_ids)
+        x = self.embed_tokens(input_ids)  # (B, T, C)
+        for block in self.layers:
+            if self.activation_checkpointing and torch.is_grad_enabled():
+                x = checkpoint(block, x, cos, sin, kv_cache, use_reentrant=False)
+            else:
+                x = block(x, cos, sin, kv_cache)
+        x = self.norm(x)
+        if labels is None:
+            return F.linear(x, self.output_weight)  # (B, T, V)
+        return self.loss(x, labels, reduction)
+
+    def loss(self, x, labels, reduction="mean"):
+        """Cross-entropy of hidden states x [B, T, C] against labels shifted by one. The [T, V]
+        logits are built `loss_chunk_size` rows at a time in fp32 and, when training, recomputed in
+        backward instead of stored: at 32k tokens and a 128k vocabulary they would be 16 GB."""
+        x = x[:, :-1].reshape(-1, x.shape[-1])
+        targets = labels[:, 1:].reshape(-1)
+        total = x.new_zeros((), dtype=torch.float32)
+        for i in range(0, targets.numel(), self.loss_chunk_size):
+            xi, ti = x[i:i + self.loss_chunk_size], targets[i:i + self.loss_chunk_size]
+            if torch.is_grad_enabled():
+                total = total + checkpoint(_chunk_nll, xi, self.output_weight, ti, use_reentrant=False)
+            else:
+                total = total + _chunk_nll(xi, self.output_weight, ti)
+        if reduction == "sum":
+            return total
+        return total / (targets != IGNORE_INDEX).sum().clamp(min=1)
+
+
+def _chunk_nll(x, weight, targets):
+    logits = F.linear(x, weight).float()  # (rows, V) in fp32: the softmax needs the precision
+    return F.cross_entropy(logits, targets, ignore_index=IGNORE_INDEX, reduction="sum")
