@@ -76,11 +76,11 @@ class LlamaConfig:
         if ours is not None:
             rope, theta = dict(ours), ours.get("rope_theta", theta)
             rope.pop("rope_theta", None)
+        if rope["rope_type"] not in ROPE_TYPES:
+            raise ValueError(f"{source}: unknown rope_type {rope['rope_type']!r}; known: {', '.join(ROPE_TYPES)}")
         if rope["rope_type"] == "default":
             rope = None
         else:
-            if rope["rope_type"] not in ROPE_TYPES:
-                raise ValueError(f"{source}: unknown rope_type {kind!r}; known: {', '.join(ROPE_TYPES)}")
             # transformers' fallbacks: dynamic measures from max_position_embeddings, others from the original length
             rope.setdefault("original_max_position_embeddings", hf.get("original_max_position_embeddings", hf.get("max_position_embeddings", 2048)))
         names = {f.name for f in fields(cls)} - {"extra", "rope_scaling", "rope_theta"}

@@ -1,0 +1,187 @@
+"""Our Llama against transformers' LlamaForCausalLM / MistralForCausalLM on the same random weights."""
+import pytest
+import torch
+
+from load_hf_weights import load_model
+from model import KVCache, Llama, LlamaConfig
+
+transformers = pytest.importorskip("transformers")
+
+BASE = dict(vocab_size=97, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+            max_position_embeddings=128)
+CONFIGS = {
+    "mha": {},
+    "gqa": dict(num_key_value_heads=2),
+    "mqa_tied": dict(num_key_value_heads=1, tie_word_embeddings=True),
+    "head_dim_differs": dict(head_dim=24, num_key_value_heads=2),
+    "bias_eps": dict(attention_bias=True, mlp_bias=True, rms_norm_eps=1e-5, rope_theta=5e5),
+    "linear": dict(rope_scaling={"rope_type": "linear", "factor": 4.0}),
+    "dynamic": dict(rope_scaling={"rope_type": "dynamic", "factor": 4.0}),
+    "yarn": dict(rope_scaling={"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64}),
+    "yarn_attn_factor": dict(rope_scaling={"rope_type": "yarn", "factor": 8.0, "attention_factor": 1.5,
+                                           "original_max_position_embeddings": 32, "beta_fast": 8}),
+    "llama3": dict(rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                 "high_freq_factor": 4.0, "original_max_position_embeddings": 32}),
+    "longrope": dict(rope_scaling={"rope_type": "longrope", "short_factor": [1.0 + 0.1 * i for i in range(8)],
+                                   "long_factor": [1.0 + 0.5 * i for i in range(8)],
+                                   "original_max_position_embeddings": 64}),
+}
+# PoSE-style position ids: two chunks, the second pushed far beyond the input length
+POSE_POS = torch.cat([torch.arange(20), torch.arange(300, 340)])
+
+
+def make_hf(tmp_path, cls="LlamaForCausalLM", save_dtype=None, shard=None, seed=0, **overrides):
+    torch.manual_seed(seed)
+    cfg_cls = transformers.MistralConfig if cls.startswith("Mistral") else transformers.LlamaConfig
+    cfg = cfg_cls(**{**BASE, **overrides})
+    hf = getattr(transformers, cls)(cfg).eval()
+    with torch.no_grad():  # random norms and biases, so a swapped or ignored one shows
+        for name, p in hf.named_parameters():
+            if "norm" in name or "bias" in name:
+                p.copy_(1 + 0.3 * torch.randn_like(p) if "norm" in name else 0.1 * torch.randn_like(p))
+    kw = {"max_shard_size": shard} if shard else {}
+    if save_dtype is not None:
+        hf.to(save_dtype)
+    hf.save_pretrained(tmp_path, **kw)
+    hf = getattr(transformers, cls).from_pretrained(tmp_path, dtype=torch.float32).eval()
+    return hf
+
+
+def hf_logits(hf, ids, pos=None):
+    with torch.no_grad():  # an explicit mask: transformers 5 reads a position jump as a new packed sequence
+        return hf(ids, position_ids=None if pos is None else pos.expand_as(ids), attention_mask=torch.ones_like(ids)).logits
+
+
+def assert_logits_close(a, b, atol=1e-4):
+    diff = (a - b).abs()
+    assert diff.max().item() <= atol, f"max abs diff {diff.max().item():.3g}, mean {diff.mean().item():.3g}"
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_logits_match_transformers(tmp_path, name):
+    hf = make_hf(tmp_path, **CONFIGS[name])
+    ours = load_model(tmp_path).eval()
+    ids = torch.randint(0, 97, (2, 60))
+    with torch.no_grad():
+        assert_logits_close(ours(ids), hf_logits(hf, ids))  # positions 0..59
+        assert_logits_close(ours(ids, POSE_POS), hf_logits(hf, ids, POSE_POS))  # skipping positions
+
+
+def test_mistral_sliding_window_matches(tmp_path):
+    hf = make_hf(tmp_path, cls="MistralForCausalLM", num_key_value_heads=2, sliding_window=16)
+    ours = load_model(tmp_path).eval()
+    assert ours.config.model_type == "mistral" and ours.config.sliding_window == 16
+    ids = torch.randint(0, 97, (1, 50))
+    with torch.no_grad():
+        assert_logits_close(ours(ids), hf_logits(hf, ids))
+
+
+def test_bf16_on_disk_and_sharded(tmp_path):
+    hf = make_hf(tmp_path, save_dtype=torch.bfloat16, shard="40KB", num_key_value_heads=2)
+    assert (tmp_path / "model.safetensors.index.json").exists()
+    ours = load_model(tmp_path)
+    ids = torch.randint(0, 97, (1, 40))
+    with torch.no_grad():
+        assert_logits_close(ours(ids, POSE_POS[:40]), hf_logits(hf, ids, POSE_POS[:40]))
+    bf16 = load_model(tmp_path, dtype=torch.bfloat16)
+    assert bf16.embed_tokens.weight.dtype == torch.bfloat16
+    with torch.no_grad():
+        assert_logits_close(bf16(ids).float(), hf_logits(hf, ids), atol=0.1)  # bf16 arithmetic
+
+
+def test_loss_matches_transformers_and_is_chunked(tmp_path):
+    hf = make_hf(tmp_path, num_key_value_heads=2, tie_word_embeddings=True)
+    ours = load_model(tmp_path)
+    ids = torch.randint(0, 97, (2, 50))
+    labels = ids.clone()
+    labels[0, :10] = -100
+    with torch.no_grad():
+        hf_loss = hf(ids, labels=labels, position_ids=POSE_POS[:50].expand(2, -1), attention_mask=torch.ones_like(ids)).loss
+        ours.loss_chunk_size = 7  # many chunks, the last one partial
+        loss = ours(ids, POSE_POS[:50], labels=labels)
+        torch.testing.assert_close(loss, hf_loss, atol=1e-5, rtol=0)
+        total = ours(ids, POSE_POS[:50], labels=labels, reduction="sum")
+        torch.testing.assert_close(total / (labels[:, 1:] != -100).sum(), hf_loss, atol=1e-5, rtol=0)
+    # gradients through the recomputed chunks equal transformers'
+    ours.zero_grad()
+    ours(ids, labels=labels).backward()
+    hf.zero_grad()
+    hf(ids, labels=labels).loss.backward()
+    torch.testing.assert_close(ours.embed_tokens.weight.grad, hf.model.embed_tokens.weight.grad, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(ours.layers[1].mlp.down_proj.weight.grad, hf.model.layers[1].mlp.down_proj.weight.grad,
+                               atol=1e-5, rtol=1e-4)
+
+
+def test_activation_checkpointing_same_gradients():
+    torch.manual_seed(0)
+    model = Llama(LlamaConfig(**BASE, num_key_value_heads=2))
+    model.init_weights()
+    ids = torch.randint(0, 97, (2, 40))
+    grads = []
+    for ac in (False, True):
+        model.zero_grad()
+        model.activation_checkpointing = ac
+        model(ids, POSE_POS[:40], labels=ids).backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+    for n in grads[0]:
+        torch.testing.assert_close(grads[0][n], grads[1][n], atol=0, rtol=0, msg=n)
+
+
+@pytest.mark.parametrize("name", ["gqa", "yarn", "mqa_tied"])
+def test_kv_cache_decoding_equals_full_forward(tmp_path, name):
+    make_hf(tmp_path, **CONFIGS[name])
+    model = load_model(tmp_path).eval()
+    ids = torch.randint(0, 97, (2, 30))
+    with torch.no_grad():
+        full = model(ids)
+        cache = KVCache(model.config, batch_size=2, max_len=30)
+        pieces = [model(ids[:, :12], kv_cache=cache), model(ids[:, 12:20], kv_cache=cache)]  # prefill in two chunks
+        pieces += [model(ids[:, t:t + 1], kv_cache=cache) for t in range(20, 30)]  # then one token at a time
+    assert cache.length == 30
+    assert_logits_close(torch.cat(pieces, dim=1), full, atol=1e-5)
+    with pytest.raises(ValueError, match="KVCache holds 30 tokens; 31 requested"):
+        model(ids[:, :1], kv_cache=cache)
+
+
+def test_greedy_decoding_equals_transformers_generate(tmp_path):
+    hf = make_hf(tmp_path, num_key_value_heads=2)
+    model = load_model(tmp_path).eval()
+    prompt = torch.randint(0, 97, (1, 20))
+    with torch.no_grad():
+        expected = hf.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=10, do_sample=False,
+                               pad_token_id=0)[0, 20:].tolist()
+        cache = KVCache(model.config, 1, 30)
+        logits, out = model(prompt, kv_cache=cache), []
+        for _ in range(10):
+            out.append(int(logits[0, -1].argmax()))
+            logits = model(torch.tensor([[out[-1]]]), kv_cache=cache)
+    assert out == expected
+
+
+def test_dtypes_run():
+    torch.manual_seed(0)
+    model = Llama(LlamaConfig(**BASE))
+    model.init_weights()
+    ids = torch.randint(0, 97, (1, 16))
+    ref = model(ids).detach()
+    for dtype in (torch.bfloat16, torch.float16):
+        out = model.to(dtype)(ids)
+        assert out.dtype == dtype and torch.isfinite(out).all()
+        assert (out.float() - ref).abs().max() < 0.05
+        model.to(dtype)(ids, labels=ids).backward()  # the loss is computed in fp32 whatever the weights
+        model.float().zero_grad()
+
+
+def test_config_errors():
+    with pytest.raises(ValueError, match="config.json: model_type 'gpt2' is not supported; expected 'llama' or 'mistral'"):
+        LlamaConfig.from_hf({"model_type": "gpt2"})
+    with pytest.raises(ValueError, match="hidden_act 'gelu'"):
+        LlamaConfig.from_hf({"model_type": "llama", "hidden_act": "gelu"})
+    with pytest.raises(ValueError, match="unknown rope_type 'magic'; known: default, linear"):
+        LlamaConfig.from_hf({"model_type": "llama", "rope_scaling": {"type": "magic", "factor": 2}})
+    with pytest.raises(ValueError, match="not a multiple of num_key_value_heads=3"):
+        LlamaConfig(num_attention_heads=4, num_key_value_heads=3)
+    cfg = LlamaConfig.from_hf({"model_type": "llama", "rope_theta": 5e5, "eos_token_id": [7, 8],
+                               "rope_scaling": {"type": "yarn", "factor": 2.0}, "max_position_embeddings": 4096})
+    assert cfg.rope_scaling == {"rope_type": "yarn_original", "factor": 2.0, "original_max_position_embeddings": 4096}
+    assert cfg.rope_theta == 5e5 and cfg.eos_token_id == 7
