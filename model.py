@@ -246,23 +246,47 @@ class Llama(nn.Module):
         return self.loss(x, labels, reduction)
 
     def loss(self, x, labels, reduction="mean"):
-        """Cross-entropy of hidden states x [B, T, C] against labels shifted by one. The [T, V]
-        logits are built `loss_chunk_size` rows at a time in fp32 and, when training, recomputed in
-        backward instead of stored: at 32k tokens and a 128k vocabulary they would be 16 GB."""
+        """Cross-entropy of hidden states x [B, T, C] against labels shifted by one, without ever
+        holding the [T, V] logits: at 32k tokens and a 128k vocabulary they would be 16 GB in fp32."""
         x = x[:, :-1].reshape(-1, x.shape[-1])
         targets = labels[:, 1:].reshape(-1)
-        total = x.new_zeros((), dtype=torch.float32)
-        for i in range(0, targets.numel(), self.loss_chunk_size):
-            xi, ti = x[i:i + self.loss_chunk_size], targets[i:i + self.loss_chunk_size]
-            if torch.is_grad_enabled():
-                total = total + checkpoint(_chunk_nll, xi, self.output_weight, ti, use_reentrant=False)
-            else:
-                total = total + _chunk_nll(xi, self.output_weight, ti)
+        weight = self.output_weight
+        needs_grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
+        total = ChunkedCrossEntropy.apply(x, weight, targets, self.loss_chunk_size, needs_grad)
         if reduction == "sum":
             return total
         return total / (targets != IGNORE_INDEX).sum().clamp(min=1)
 
 
-def _chunk_nll(x, weight, targets):
-    logits = F.linear(x, weight).float()  # (rows, V) in fp32: the softmax needs the precision
-    return F.cross_entropy(logits, targets, ignore_index=IGNORE_INDEX, reduction="sum")
+class ChunkedCrossEntropy(torch.autograd.Function):
+    """Summed NLL of x @ weight.T against targets, `chunk` rows at a time. The gradient is taken in
+    the same pass: for each chunk, d loss / d logits = softmax - onehot, which is pushed straight
+    into d x and d weight and then dropped. Backward only scales those by the incoming gradient,
+    so nothing is recomputed and no chunk's logits outlive it."""
+
+    @staticmethod
+    def forward(ctx, x, weight, targets, chunk, needs_grad):
+        total = torch.zeros((), dtype=torch.float32, device=x.device)
+        grad_x = torch.empty_like(x) if needs_grad else None
+        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=x.device) if needs_grad else None
+        for i in range(0, targets.numel(), chunk):
+            xi, ti = x[i:i + chunk], targets[i:i + chunk]
+            logits = F.linear(xi, weight).float()  # (rows, V) in fp32: the softmax needs the precision
+            valid = ti != IGNORE_INDEX
+            safe_t = ti.clamp(min=0)[:, None]
+            lse = logits.logsumexp(dim=-1, keepdim=True)
+            total += ((lse - logits.gather(1, safe_t))[:, 0] * valid).sum()
+            if needs_grad:
+                g = (logits - lse).exp_()  # softmax, in place of the logits
+                g.scatter_add_(1, safe_t, -torch.ones_like(lse))  # minus the one-hot target
+                g *= valid[:, None]
+                grad_x[i:i + chunk] = g.to(weight.dtype) @ weight  # (rows, C)
+                grad_w += (g.t() @ xi.to(g.dtype)).float()  # (V, C)
+        ctx.save_for_backward(grad_x, grad_w)
+        ctx.weight_dtype = weight.dtype
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_total):
+        grad_x, grad_w = ctx.saved_tensors
+        return grad_x * grad_total.to(grad_x.dtype), (grad_w * grad_total).to(ctx.weight_dtype), None, None, None

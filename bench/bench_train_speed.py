@@ -1,0 +1,53 @@
+"""
+Training-step speed, ours vs transformers' LlamaForCausalLM, same random weights, CPU fp32.
+
+    python bench/bench_train_speed.py [--seq 512 2048] [--steps 3]
+
+One step = forward + loss + backward on one sequence. Prints tokens/s and the ratio ours/theirs
+(> 1: ours is faster). transformers is only the yardstick here (pip install -e ".[test]").
+"""
+import argparse
+import statistics
+import tempfile
+import time
+
+import torch
+import transformers
+
+from load_hf_weights import load_model
+
+parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+parser.add_argument("--seq", type=int, nargs="+", default=[512, 2048], help="sequence lengths (default: 512 2048)")
+parser.add_argument("--steps", type=int, default=3, help="timed steps per length, after one warm-up (default: 3)")
+parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads (default: all cores)")
+args = parser.parse_args()
+torch.set_num_threads(args.threads)
+
+hf_cfg = transformers.LlamaConfig(vocab_size=32000, hidden_size=512, intermediate_size=1408, num_hidden_layers=8,
+                                  num_attention_heads=8, num_key_value_heads=4, max_position_embeddings=4096)
+torch.manual_seed(0)
+hf = transformers.LlamaForCausalLM(hf_cfg)
+with tempfile.TemporaryDirectory() as d:
+    hf.save_pretrained(d)
+    ours = load_model(d)
+hf.train(), ours.train()
+n_params = sum(p.numel() for p in ours.parameters())
+print(f"config: {n_params / 1e6:.1f}M params, hidden 512, 8 layers, 8 heads / 4 KV heads, vocab 32000; "
+      f"{args.threads} threads, torch {torch.__version__}, transformers {transformers.__version__}")
+
+
+def step_time(fn, ids):
+    times = []
+    for i in range(args.steps + 1):
+        t0 = time.perf_counter()
+        fn(ids).backward()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times[1:])
+
+
+print(f"{'seq':>6} | {'ours tok/s':>10} | {'HF tok/s':>10} | {'ours/HF':>7}")
+for T in args.seq:
+    ids = torch.randint(0, 32000, (1, T))
+    t_hf = step_time(lambda x: hf(x, labels=x).loss, ids)
+    t_ours = step_time(lambda x: ours(x, labels=x), ids)
+    print(f"{T:>6} | {T / t_ours:>10.0f} | {T / t_hf:>10.0f} | {t_hf / t_ours:>7.2f}")
