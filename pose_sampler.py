@@ -1,0 +1,145 @@
+"""PoSE: Positional Skip-wise training examples (arXiv 2309.10400, §3.2, Eq. 3-5).
+
+PoSE fine-tunes on windows of only Lc = train_len tokens, but gives them position
+ids spread over the target window Lt = target_len, so the model sees every
+absolute position and relative distance of the long window at the cost of a
+short one. A window is cut into N chunks; chunk i (length l_i, starting at
+start_i = l_0 + ... + l_{i-1} inside the window) gets
+
+    position ids  start_i + u_i .. start_i + u_i + l_i - 1         (Eq. 3-4)
+    tokens        doc[start_i + v_i : start_i + v_i + l_i]          (Eq. 5)
+
+with skip biases u_0 = 0, u_i ~ U{u_{i-1} .. Lt - Lc} and content offsets
+v_0 = 0, v_i ~ U{v_{i-1} .. Lx - Lc}. Labels are the input ids.
+
+    from pose_sampler import sample_pose
+    input_ids, position_ids = sample_pose(doc, train_len=2048, target_len=16384, rng=rng)
+
+`rng` is a `random.Random` or a `numpy.random.Generator` (seed it for reproducible
+draws; None means a fresh, unseeded `random.Random()`). Every call draws anew:
+the paper's intent is fresh chunking for every example.
+Run `python pose_sampler.py` to print a few layouts.
+"""
+import random
+
+import numpy as np
+import torch
+
+
+def _randint(rng, lo, hi):
+    # Inclusive on both ends, like the paper's U{lo .. hi}; hides the two APIs.
+    if isinstance(rng, random.Random):
+        return rng.randint(lo, hi)
+    return int(rng.integers(lo, hi + 1))
+
+
+def _check_rng(rng):
+    if rng is None:
+        return random.Random()
+    if not isinstance(rng, (random.Random, np.random.Generator)):
+        raise ValueError(f"rng must be a random.Random or numpy.random.Generator, got {type(rng).__name__}")
+    return rng
+
+
+def _as_doc(doc_ids, need, name):
+    doc = torch.as_tensor(doc_ids, dtype=torch.long)
+    if doc.dim() != 1:
+        raise ValueError(f"doc_ids must be a 1-D sequence of token ids, got shape {tuple(doc.shape)}")
+    if len(doc) < need:
+        raise ValueError(f"doc_ids has {len(doc)} tokens, but {name}={need} requires at least {need}")
+    return doc
+
+
+def _check_lengths(train_len, target_len):
+    if train_len < 1:
+        raise ValueError(f"train_len must be >= 1, got {train_len}")
+    if target_len <= train_len:
+        raise ValueError(f"target_len must be greater than train_len ({train_len}), got {target_len}")
+
+
+def _chunk_lengths(train_len, num_chunks, rng):
+    """Chunk lengths l_0..l_{N-1}, each >= 1, summing to train_len.
+
+    Official PoSE (N = 2): l_0 ~ U{1 .. floor((Lc+1)/2)}, l_1 = Lc - l_0. We extend it
+    chunk by chunk: with R tokens and k chunks still to place, the next chunk draws
+    l ~ U{1 .. floor((R+1)/k)} and the last one takes the rest. N = 2 is exactly the
+    official rule, N = 1 is one unskipped chunk, N = Lc gives Lc chunks of one token.
+    Like the official rule it favours a long final chunk (e.g. N = 3: about 1/6, 5/24
+    and 5/8 of Lc on average). The cap floor((R+1)/k) <= R - (k-1) for k >= 2 and
+    R >= k, so every later chunk still gets at least one token.
+    """
+    lengths, left = [], train_len
+    for k in range(num_chunks, 1, -1):
+        lengths.append(_randint(rng, 1, (left + 1) // k))
+        left -= lengths[-1]
+    return lengths + [left]
+
+
+def sample_pose(doc_ids, train_len, target_len, num_chunks=2, rng=None, contiguous_content=False):
+    """One PoSE example: (input_ids, position_ids), 1-D long tensors of length train_len.
+
+    doc_ids: list / numpy array / tensor of Lx >= train_len token ids.
+    contiguous_content=True takes the window doc[:train_len] (all v_i = 0) and skips
+    only positions; the paper's ablation finds this works but slightly worse than
+    skipping content too, which keeps the text gap consistent with the position gap.
+    """
+    _check_lengths(train_len, target_len)
+    if not 1 <= num_chunks <= train_len:
+        raise ValueError(f"num_chunks must be in 1..train_len (1..{train_len}), got {num_chunks}")
+    doc = _as_doc(doc_ids, train_len, "train_len")
+    rng = _check_rng(rng)
+
+    lengths = _chunk_lengths(train_len, num_chunks, rng)
+    # Non-decreasing biases keep position ids strictly increasing across chunks, so
+    # causal order and position order agree; u_0 = 0 puts position 0 in every example
+    # (the official code switched to this "for more uniform coverage of large relative
+    # positions"). Lt - Lc is the largest bias that keeps the last id <= Lt - 1.
+    u, v = [0], [0]
+    for _ in range(num_chunks - 1):
+        u.append(_randint(rng, u[-1], target_len - train_len))
+        v.append(v[-1] if contiguous_content else _randint(rng, v[-1], len(doc) - train_len))
+
+    lengths = torch.tensor(lengths, device=doc.device)
+    offset_in_window = torch.arange(train_len, device=doc.device)  # start_i + j for token j of chunk i
+    u = torch.tensor(u, device=doc.device).repeat_interleave(lengths)  # (Lc,) u_i of each token's chunk
+    v = torch.tensor(v, device=doc.device).repeat_interleave(lengths)
+    position_ids = offset_in_window + u  # Eq. 4
+    input_ids = doc[offset_in_window + v]  # Eq. 5
+    return input_ids, position_ids
+
+
+def sample_full_length(doc_ids, target_len, rng=None):
+    """Baseline "full-length" fine-tuning: target_len contiguous tokens at a random
+    offset, positions 0..target_len-1. Costs attention over Lt tokens, which PoSE avoids."""
+    if target_len < 1:
+        raise ValueError(f"target_len must be >= 1, got {target_len}")
+    doc = _as_doc(doc_ids, target_len, "target_len")
+    rng = _check_rng(rng)
+    start = _randint(rng, 0, len(doc) - target_len)
+    return doc[start:start + target_len], torch.arange(target_len, device=doc.device)
+
+
+def sample_randpos(doc_ids, train_len, target_len, rng=None):
+    """Baseline RandPos (Ruoss et al. 2023, as run in the PoSE paper): train_len contiguous
+    tokens at a random offset, with positions a sorted random subset of 0..target_len-1.
+    Position 0 is not forced (the official PoSE code does not force it either). Without
+    contiguous chunks, neighbouring tokens rarely sit at distance 1, unlike pre-training;
+    the paper finds it much worse than PoSE."""
+    _check_lengths(train_len, target_len)
+    doc = _as_doc(doc_ids, train_len, "train_len")
+    rng = _check_rng(rng)
+    start = _randint(rng, 0, len(doc) - train_len)
+    if isinstance(rng, random.Random):
+        picked = rng.sample(range(target_len), train_len)
+    else:
+        picked = rng.choice(target_len, size=train_len, replace=False)
+    position_ids = torch.as_tensor(np.sort(np.asarray(picked)), dtype=torch.long, device=doc.device)
+    return doc[start:start + train_len], position_ids
+
+
+if __name__ == "__main__":
+    rng = random.Random(0)
+    doc = list(range(1000, 1100))  # token id = 1000 + offset, so content skips are visible
+    for n in (1, 2, 3):
+        tokens, pos = sample_pose(doc, train_len=12, target_len=48, num_chunks=n, rng=rng)
+        print(f"N={n}  positions {pos.tolist()}\n     tokens    {tokens.tolist()}")
