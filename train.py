@@ -1,0 +1,418 @@
+"""
+Context-window extension with PoSE (arXiv 2309.10400): fine-tune at the original window Lc
+(--train-len) with position ids spread over the target window Lt (--target-len).
+
+The defaults are the paper's main run: LLaMA-7B 2k -> 16k, linear interpolation, AdamW lr 2e-5,
+weight decay 0, 10 warm-up steps then linear decay, global batch 64, 1,000 steps, activation
+checkpointing. They expect the checkpoint in cache/llama-7b (a Hugging Face folder) and the data
+in cache/data/pile (made by prepare_data.py --min-tokens 2048):
+    torchrun --nproc_per_node 8 train.py
+    torchrun --nproc_per_node 8 train.py --preset llama7b-16k-yarn       # or -ntk; mistral7b-32k
+    torchrun --nnodes 2 --node_rank 0 --master_addr HOST --nproc_per_node 8 train.py   # each node
+A small CPU run (data: python prepare_data.py --tokenizer TOK --out cache/data/tiny --min-tokens 512 TEXTS):
+    python train.py --preset tiny
+    torchrun --nproc_per_node 2 train.py --preset tiny --shard fsdp
+Baselines: --method full (Lt tokens at positions 0..Lt-1) or --method randpos. Memory plan only
+(e.g. for 8 cards of 48 GB): WORLD_SIZE=8 python train.py --dry-run --device-memory 48
+Resume after a crash or --stop-after: the same command plus --resume; the losses then equal those
+of an uninterrupted run (example e of the run is drawn from a generator seeded with (seed, e)).
+"""
+import argparse
+import json
+import math
+import os
+import resource
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import asdict
+
+PRESETS = {  # each sets defaults; flags given on the command line still win
+    "llama7b-16k-linear": dict(init_from="cache/llama-7b", data="cache/data/pile", train_len=2048, target_len=16384, rope="linear"),
+    "llama7b-16k-ntk": dict(init_from="cache/llama-7b", data="cache/data/pile", train_len=2048, target_len=16384, rope="ntk"),
+    "llama7b-16k-yarn": dict(init_from="cache/llama-7b", data="cache/data/pile", train_len=2048, target_len=16384, rope="yarn"),
+    "mistral7b-32k": dict(init_from="cache/mistral-7b", data="cache/data/pile-mistral", train_len=8192, target_len=32768, rope="linear"),
+    "tiny": dict(config="tiny", init_from=None, data="cache/data/tiny", train_len=128, target_len=512, global_batch=16,
+                 micro_batch=8, max_steps=200, lr=2e-3, warmup=20, ac=False, eval_every=50, eval_docs=4, ckpt_every=100),
+}
+TINY = dict(hidden_size=128, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4, tie_word_embeddings=True)
+parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+add = parser.add_argument
+add("--preset", choices=PRESETS, help="a paper run or the tiny CPU run (no preset: llama7b-16k-linear, the paper's main run)")
+add("--init-from", default="cache/llama-7b", help="Hugging Face checkpoint folder to fine-tune (default: %(default)s)")
+add("--config", help="train a fresh model instead (overrides --init-from): 'tiny' or a config.json path; vocab_size defaults to the data's")
+add("--data", default="cache/data/pile", help="token file prefix written by prepare_data.py (default: %(default)s)")
+add("--eval-data", help="token file for evaluation (default: the last --eval-docs long documents of --data, held out)")
+add("--out-dir", default="out/pose", help="checkpoint, log.jsonl and the final HF folder <out-dir>/hf (default: %(default)s)")
+add("--method", choices=["pose", "full", "randpos"], default="pose", help="pose, or a baseline: full-length training at Lt, RandPos")
+add("--train-len", type=int, default=2048, help="Lc: tokens per training window (default: %(default)s)")
+add("--target-len", type=int, default=16384, help="Lt: context window to extend to (default: %(default)s)")
+add("--num-chunks", type=int, default=2, help="PoSE chunks per window (default: %(default)s)")
+add("--rope", default="linear", choices=["none", "linear", "ntk", "yarn", "yarn_original", "dynamic"],
+    help="RoPE scaling, factor Lt/Lc (yarn = PoSE's revised YaRN; default: %(default)s)")
+add("--global-batch", type=int, default=64, help="sequences per optimizer step, all ranks (default: %(default)s)")
+add("--micro-batch", type=int, default=1, help="sequences per forward pass per rank (default: %(default)s)")
+add("--max-steps", type=int, default=1000, help="optimizer steps (default: %(default)s)")
+add("--lr", type=float, default=2e-5, help="peak learning rate (default: %(default)s)")
+add("--min-lr", type=float, default=0.0, help="learning rate at the last step (default: %(default)s)")
+add("--warmup", type=int, default=10, help="linear warm-up steps (default: %(default)s)")
+add("--decay", choices=["linear", "cosine"], default="linear", help="decay after warm-up (default: %(default)s)")
+add("--weight-decay", type=float, default=0.0, help="AdamW weight decay (default: %(default)s)")
+add("--grad-clip", type=float, default=1.0, help="clip the gradient norm to this; 0 = off (default: %(default)s)")
+add("--ac", action=argparse.BooleanOptionalAction, default=True, help="activation checkpointing per block (default: on)")
+add("--shard", choices=["auto", "ddp", "zero1", "fsdp"], default="auto",
+    help="ddp: replicate all; zero1: shard AdamW state; fsdp: shard everything; auto: the first that fits (default)")
+add("--dtype", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
+    help="autocast dtype; master weights stay fp32. auto: bf16 on CUDA if supported else fp16, fp32 on CPU")
+add("--device", choices=["auto", "cpu", "cuda"], default="auto", help="default: cuda if available")
+add("--device-memory", type=float, help="GB per device for the memory check (default: measured)")
+add("--eval-every", type=int, default=200, help="eval loss at Lt every N steps; 0 = never (default: %(default)s)")
+add("--eval-docs", type=int, default=8, help="held-out documents (>= Lt tokens) for the eval loss (default: %(default)s)")
+add("--ckpt-every", type=int, default=250, help="write <out-dir>/ckpt.pt every N steps and at the end (default: %(default)s)")
+add("--stop-after", type=int, help="checkpoint and stop after this step (e.g. a job time limit); continue with --resume")
+add("--resume", action="store_true", help="continue from <out-dir>/ckpt.pt")
+add("--seed", type=int, default=1337, help="seeds the fresh model and the data order (default: %(default)s)")
+add("--dry-run", action="store_true", help="print the memory plan and exit")
+args = parser.parse_args()
+if args.preset:  # re-parse with the preset as defaults, so explicit flags still override it
+    parser.set_defaults(**PRESETS[args.preset])
+    args = parser.parse_args()
+if args.config:
+    args.init_from = None
+
+# ----------------------------------------------------------------------------- checks before any work
+world_size, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
+local_rank, local_world = int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
+master_process = rank == 0
+seq_len = args.target_len if args.method == "full" else args.train_len
+if args.target_len <= args.train_len:
+    parser.error(f"--target-len {args.target_len} must be greater than --train-len {args.train_len}: PoSE extends the window")
+if not 1 <= args.num_chunks <= args.train_len:
+    parser.error(f"--num-chunks must be in 1..{args.train_len}, got {args.num_chunks}")
+if args.global_batch % (world_size * args.micro_batch):
+    parser.error(f"--global-batch {args.global_batch} is not divisible by {world_size} ranks x --micro-batch {args.micro_batch}")
+grad_accum = args.global_batch // (world_size * args.micro_batch)
+if args.init_from and not os.path.isfile(os.path.join(args.init_from, "config.json")):
+    parser.error(f"checkpoint {args.init_from}/config.json not found: pass --init-from DIR (a Hugging Face LLaMA/Mistral "
+                 f"folder with config.json and *.safetensors) or --config tiny|CONFIG.json for a fresh model")
+for prefix in filter(None, (args.data, args.eval_data)):
+    if not os.path.isfile(prefix + ".bin"):
+        parser.error(f"data {prefix}.bin not found: make it with `python prepare_data.py --tokenizer TOKENIZER --out {prefix} "
+                     f"--min-tokens {args.train_len} TEXTS...` or pass --data PREFIX")
+ckpt_path = os.path.join(args.out_dir, "ckpt.pt")
+if args.resume and not os.path.isfile(ckpt_path):
+    parser.error(f"--resume: {ckpt_path} not found (is --out-dir right?)")
+if args.config and args.config != "tiny" and not os.path.isfile(args.config):
+    parser.error(f"--config {args.config}: no such file (use 'tiny' or a config.json path)")
+
+import numpy as np  # noqa: E402  (imported after the checks: a typo should not wait for torch)
+import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
+
+from load_hf_weights import load_config, load_model, save_model, with_rope  # noqa: E402
+from model import Llama, LlamaConfig  # noqa: E402
+from pose_sampler import sample_full_length, sample_pose, sample_randpos  # noqa: E402
+from prepare_data import TokenDocs  # noqa: E402
+
+
+def print0(*a, **k):
+    if master_process:
+        print(*a, **k, flush=True)
+
+
+if args.device == "cuda" and not torch.cuda.is_available():
+    parser.error("--device cuda: no CUDA device is available")
+device = "cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu"
+if device == "cuda":
+    device = f"cuda:{local_rank}"
+dtype_name = args.dtype if args.dtype != "auto" else ("fp32" if device == "cpu" else "bf16" if torch.cuda.is_bf16_supported() else "fp16")
+if device == "cpu" and dtype_name == "fp16":
+    parser.error("--dtype fp16 is for CUDA (loss scaling); on CPU use fp32 or bf16")
+amp_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype_name]
+data = TokenDocs(args.data)
+if args.init_from:
+    config = load_config(args.init_from)
+else:
+    hf = dict(TINY) if args.config == "tiny" else json.load(open(args.config))
+    hf.setdefault("vocab_size", data.vocab_size)
+    hf.setdefault("max_position_embeddings", args.train_len)
+    config = LlamaConfig.from_hf({"model_type": "llama", **hf}, source=args.config)
+if data.vocab_size > config.vocab_size:
+    parser.error(f"{args.data} was tokenized with a vocabulary of {data.vocab_size}, the model has {config.vocab_size}")
+# the window we train in is the "original" one: factor = Lt / Lc, max_position_embeddings = Lt (as PoSE does)
+rope = {"rope_type": "default" if args.rope == "none" else args.rope, "factor": args.target_len / args.train_len,
+        "original_max_position_embeddings": args.train_len}
+config = with_rope(config, rope)
+with torch.device("meta"):
+    n_params = sum(p.numel() for p in Llama(config).parameters())
+
+
+def memory_plan(shard):
+    """Rough GB per device: fp32 master weights, fp32 grads, AdamW moments (2 x fp32), activations."""
+    P, C, I, L, a = n_params, config.hidden_size, config.intermediate_size, config.num_hidden_layers, 2 if dtype_name != "fp32" else 4
+    w, g, o = {"ddp": (1, 1, 1), "zero1": (1, 1, world_size), "fsdp": (world_size,) * 3}[shard]
+    block = P / L
+    weights = 4 * P / w + (2 * P if a == 2 and shard != "fsdp" else 2 * a * block if shard == "fsdp" else 0)  # 16-bit copies
+    tokens = args.micro_batch * seq_len
+    per_block = tokens * a * (10 * C + 4 * I)  # saved by one block, ~10 C + 4 I values per token (SDPA: no T x T)
+    acts = (L * tokens * C * a + per_block) if args.ac else L * per_block
+    acts += 3 * 4 * 1024 * config.vocab_size  # one chunk of fp32 logits in the loss
+    parts = dict(weights=weights, grads=4 * P / g, optimizer=8 * P / o, activations=acts)
+    return {k: v / 1024**3 for k, v in parts.items()}
+
+
+if args.device_memory:
+    capacity = args.device_memory
+elif device.startswith("cuda"):
+    capacity = torch.cuda.get_device_properties(local_rank).total_memory / 1024**3
+else:
+    capacity = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024**3 / local_world
+candidates = [args.shard] if args.shard != "auto" else ["ddp"] + (["zero1", "fsdp"] if world_size > 1 else [])
+if args.shard in ("zero1", "fsdp") and world_size == 1:
+    parser.error(f"--shard {args.shard} shards across ranks: launch with torchrun --nproc_per_node N (N >= 2)")
+for shard in candidates:
+    plan = memory_plan(shard)
+    fits = sum(plan.values()) <= 0.9 * capacity
+    print0(f"memory plan, {n_params / 1e9:.2f}B params, {shard} on {world_size} x {capacity:.0f} GB ({device}, {dtype_name}, "
+           f"micro-batch {args.micro_batch} x {seq_len} tokens, AC {'on' if args.ac else 'off'}): "
+           + ", ".join(f"{k} {v:.2f}" for k, v in plan.items()) + f" = {sum(plan.values()):.2f} GB per device"
+           + ("" if fits else "  -> does not fit"))
+    if fits:
+        break
+else:
+    print0(f"error: the run needs about {sum(plan.values()):.1f} GB per device but {capacity:.0f} GB are available; "
+           f"try --shard fsdp (shards weights, grads and optimizer over ranks), more ranks, --micro-batch 1 or --ac",
+           file=sys.stderr)
+    sys.exit(1)
+print0(f"using --shard {shard}; {world_size} ranks x {grad_accum} micro-steps x {args.micro_batch} = {args.global_batch} sequences per step")
+if args.dry_run:
+    sys.exit(0)
+
+# ----------------------------------------------------------------------------- distributed, data, model
+ddp = "RANK" in os.environ
+if ddp:
+    if device.startswith("cuda"):
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+min_len = args.target_len if args.method == "full" else args.train_len
+eval_data, eval_ids = TokenDocs(args.eval_data) if args.eval_data else data, np.zeros(0, dtype=np.int64)
+if args.eval_every:  # the last long documents; held out of training when they come from the training file
+    eval_ids = np.flatnonzero(eval_data.lengths >= args.target_len)[-max(args.eval_docs, 1):]
+train_ids = np.setdiff1d(np.flatnonzero(data.lengths >= min_len), eval_ids if eval_data is data else [])
+if args.eval_every and len(eval_ids) < max(args.eval_docs, world_size):
+    sys.exit(f"error: the eval loss needs {max(args.eval_docs, world_size)} documents of >= {args.target_len} tokens, found "
+             f"{len(eval_ids)}: prepare longer documents, pass --eval-data, lower --eval-docs, or --eval-every 0")
+if len(train_ids) == 0:
+    sys.exit(f"error: {args.data} has no training document of >= {min_len} tokens (after holding out {len(eval_ids)} for eval)")
+print0(f"data: {len(train_ids):,} training documents of >= {min_len} tokens, {len(eval_ids)} held out for eval at {args.target_len}")
+
+
+def get_example(e):
+    """Example e of the whole run, identical for any number of ranks and after a resume."""
+    rng = np.random.default_rng([args.seed, e])
+    doc = data[train_ids[rng.integers(len(train_ids))]]
+    doc = np.asarray(doc[:max(5 * args.train_len, min_len)], dtype=np.int64)  # official code: documents cut to 5 Lc
+    if args.method == "full":
+        return sample_full_length(doc, args.target_len, rng=rng)
+    if args.method == "randpos":
+        return sample_randpos(doc, args.train_len, args.target_len, rng=rng)
+    return sample_pose(doc, args.train_len, args.target_len, args.num_chunks, rng=rng)
+
+
+def get_batch(step, micro_step):
+    first = step * args.global_batch + (rank * grad_accum + micro_step) * args.micro_batch
+    x, pos = zip(*(get_example(e) for e in range(first, first + args.micro_batch)))
+    return torch.stack(x).to(device), torch.stack(pos).to(device)  # (B, T), (B, T)
+
+
+if args.init_from:
+    # loaded in the checkpoint's own dtype (memory-mapped: free) and cast to fp32 below, block by block for FSDP
+    model = load_model(args.init_from, dtype=getattr(torch, config.torch_dtype, torch.float32), rope=rope)
+else:
+    torch.manual_seed(args.seed)
+    model = Llama(config)
+    model.init_weights()
+model.activation_checkpointing = args.ac
+raw_model = model  # unwrapped: its state_dict has plain names (FSDP shards it in place)
+if shard == "fsdp":
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    mp = MixedPrecisionPolicy(param_dtype=amp_dtype, reduce_dtype=torch.float32)
+    for block in model.layers:  # one block at a time: only one block is ever held unsharded in fp32
+        fully_shard(block.to(device, torch.float32), mp_policy=mp)
+    fully_shard(model.to(device, torch.float32), mp_policy=mp)  # the root holds embeddings (tied: one unit), norm, head
+else:
+    model.to(device, torch.float32)
+    if ddp:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+        model = DDP(model, device_ids=[local_rank] if device.startswith("cuda") else None, gradient_as_bucket_view=True)
+opt_kw = dict(lr=args.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=args.weight_decay)
+if shard == "zero1" and ddp:
+    from torch.distributed.optim import ZeroRedundancyOptimizer
+    optimizer = ZeroRedundancyOptimizer(raw_model.parameters(), optimizer_class=torch.optim.AdamW, **opt_kw)
+else:
+    optimizer = torch.optim.AdamW(raw_model.parameters(), **opt_kw)
+if dtype_name == "fp16":
+    from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler  # all-reduces inf checks over shards
+    scaler = ShardedGradScaler() if shard == "fsdp" else torch.amp.GradScaler("cuda")
+else:
+    scaler = None
+autocast = torch.autocast(device.split(":")[0], dtype=amp_dtype) if dtype_name != "fp32" else nullcontext()
+if shard == "fsdp":
+    from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_optimizer_state_dict,
+                                                         set_model_state_dict, set_optimizer_state_dict)
+    full_sd = StateDictOptions(full_state_dict=True, cpu_offload=True)
+
+
+def get_lr(step):
+    if step < args.warmup:
+        return args.lr * (step + 1) / args.warmup
+    ratio = (step - args.warmup) / max(args.max_steps - args.warmup, 1)
+    coeff = 1 - ratio if args.decay == "linear" else 0.5 * (1 + math.cos(math.pi * ratio))
+    return args.min_lr + coeff * (args.lr - args.min_lr)
+
+
+def save_checkpoint(step):
+    """All ranks call (FSDP and ZeRO-1 gather state); rank 0 writes tmp -> fsync -> rename."""
+    if shard == "fsdp":
+        model_sd, opt_sd = get_model_state_dict(model, options=full_sd), get_optimizer_state_dict(model, optimizer, options=full_sd)
+    else:
+        if shard == "zero1" and ddp:
+            optimizer.consolidate_state_dict(to=0)
+        model_sd, opt_sd = raw_model.state_dict(), optimizer.state_dict() if master_process else None
+    if master_process:
+        ckpt = dict(model=model_sd, optimizer=opt_sd, scaler=scaler.state_dict() if scaler else None, step=step,
+                    examples_seen=step * args.global_batch, torch_rng=torch.get_rng_state(), args=vars(args), config=asdict(config))
+        tmp = ckpt_path + ".tmp"
+        with open(tmp, "wb") as f:
+            torch.save(ckpt, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, ckpt_path)  # atomic: ckpt.pt is the old or the new checkpoint, never half of one
+        dir_fd = os.open(args.out_dir, os.O_RDONLY)
+        os.fsync(dir_fd)
+        os.close(dir_fd)
+
+
+start_step, log = 0, os.path.join(args.out_dir, "log.jsonl")
+if master_process:
+    os.makedirs(args.out_dir, exist_ok=True)
+if args.resume:
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    same = ("method", "train_len", "target_len", "num_chunks", "rope", "global_batch", "max_steps", "lr", "min_lr", "warmup",
+            "decay", "weight_decay", "seed", "data")
+    changed = [f"--{k.replace('_', '-')} {ckpt['args'][k]} -> {getattr(args, k)}" for k in same if ckpt["args"][k] != getattr(args, k)]
+    if changed:
+        sys.exit(f"error: --resume with settings that change the run: {', '.join(changed)}; use the checkpoint's or a new --out-dir")
+    if shard == "fsdp":
+        set_model_state_dict(model, ckpt["model"], options=full_sd)
+        set_optimizer_state_dict(model, optimizer, ckpt["optimizer"], options=full_sd)
+    else:
+        raw_model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+    if scaler and ckpt["scaler"]:
+        scaler.load_state_dict(ckpt["scaler"])
+    torch.set_rng_state(ckpt["torch_rng"])
+    start_step = ckpt["step"]  # data state: the next example is start_step * global_batch (see get_example)
+    if master_process and os.path.exists(log):  # drop log lines of steps that will be redone
+        lines = [line for line in open(log) if json.loads(line)["step"] <= start_step]
+        open(log, "w").writelines(lines)
+    print0(f"resumed from {ckpt_path} at step {start_step}")
+    del ckpt
+elif master_process and os.path.exists(log):
+    os.remove(log)
+
+
+@torch.no_grad()
+def evaluate():
+    """Mean next-token loss on full windows of Lt tokens (positions 0..Lt-1) of the held-out documents."""
+    model.eval()
+    nll, count = torch.zeros((), device=device), torch.zeros((), device=device)
+    for i in eval_ids[rank:len(eval_ids) // world_size * world_size:world_size]:  # same count on every rank (FSDP)
+        x = torch.as_tensor(np.asarray(eval_data[i][:args.target_len], dtype=np.int64), device=device)[None]
+        with autocast:
+            nll += (model if shard == "fsdp" else raw_model)(x, labels=x, reduction="sum").float()
+        count += x.numel() - 1
+    if ddp:
+        dist.all_reduce(nll)
+        dist.all_reduce(count)
+    model.train()
+    return (nll / count).item()
+
+
+def write_log(record):
+    with open(log, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+# ----------------------------------------------------------------------------- training loop
+step, last_step, times = start_step, False, []
+tokens_per_step = args.global_batch * seq_len
+print0(f"{args.method} training, {args.train_len} -> {args.target_len} tokens, rope {args.rope}, "
+       f"{tokens_per_step:,} tokens per step, steps {start_step} -> {args.max_steps}")
+while True:
+    last_step = step == args.max_steps or step == args.stop_after
+    if args.eval_every and (step % args.eval_every == 0 or last_step) and not (args.resume and step == start_step):
+        eval_loss = evaluate()
+        print0(f"step {step} | eval loss at {args.target_len} tokens {eval_loss:.4f}")
+        if master_process:
+            write_log(dict(step=step, eval_loss=eval_loss))
+    if step > start_step and (step % args.ckpt_every == 0 or last_step):
+        save_checkpoint(step)
+    if last_step:
+        break
+
+    t0 = time.time()
+    lr = get_lr(step)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    loss_sum = torch.zeros((), device=device)
+    for micro_step in range(grad_accum):
+        sync = micro_step == grad_accum - 1  # all-reduce (or reduce-scatter) gradients only once per step
+        if shard == "fsdp":
+            model.set_requires_gradient_sync(sync)
+        elif ddp:
+            model.require_backward_grad_sync = sync  # what no_sync() toggles, as nanoGPT does
+        x, pos = get_batch(step, micro_step)
+        with autocast:
+            loss = model(x, position_ids=pos, labels=x) / grad_accum  # labels are the inputs, shifted inside
+        loss_sum += loss.detach()
+        (scaler.scale(loss) if scaler else loss).backward()
+    if scaler:
+        scaler.unscale_(optimizer)
+    grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), args.grad_clip or float("inf"))
+    grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm  # FSDP: a DTensor
+    if scaler:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    if ddp:
+        dist.all_reduce(loss_sum)
+        loss_sum /= world_size
+    step += 1
+    loss_f = loss_sum.item()
+    times.append(time.time() - t0)
+    dt = sum(times[-10:]) / len(times[-10:])
+    mem = torch.cuda.max_memory_allocated(device) / 1024**3 if device.startswith("cuda") else \
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # CPU: peak RSS of the process
+    eta = dt * ((args.stop_after or args.max_steps) - step)
+    print0(f"step {step}/{args.max_steps} | loss {loss_f:.4f} | lr {lr:.2e} | grad norm {grad_norm.item():.3f} | "
+           f"{tokens_per_step / times[-1]:,.0f} tok/s | peak mem {mem:.2f} GB | {times[-1]:.2f} s | "
+           f"ETA {int(eta // 3600)}:{int(eta % 3600 // 60):02d}:{int(eta % 60):02d}")
+    if master_process:
+        write_log(dict(step=step, loss=loss_f, lr=lr, grad_norm=grad_norm.item(), tokens_per_s=tokens_per_step / times[-1],
+                       peak_mem_gb=mem, step_time=times[-1]))
+
+if step == args.max_steps:  # the final model as a Hugging Face folder
+    final_sd = get_model_state_dict(model, options=full_sd) if shard == "fsdp" else raw_model.state_dict()
+    if master_process:
+        with torch.device("meta"):
+            export = Llama(config)
+        export.load_state_dict(final_sd, strict=True, assign=True)
+        save_dtype = getattr(torch, config.torch_dtype, torch.float32) if args.init_from else torch.float32
+        tok = data.meta.get("tokenizer") or ""
+        tok_dir = args.init_from or (tok if os.path.isdir(tok) else os.path.dirname(tok)) or None
+        print0(f"saved {save_model(export, os.path.join(args.out_dir, 'hf'), dtype=save_dtype, tokenizer_dir=tok_dir)}")
+if ddp:
+    dist.destroy_process_group()
