@@ -99,13 +99,13 @@ def sample_pose(doc_ids, train_len, target_len, num_chunks=2, rng=None, contiguo
         u.append(_randint(rng, u[-1], target_len - train_len))
         v.append(v[-1] if contiguous_content else _randint(rng, v[-1], len(doc) - train_len))
 
-    lengths = torch.tensor(lengths, device=doc.device)
-    offset_in_window = torch.arange(train_len, device=doc.device)  # start_i + j for token j of chunk i
-    u = torch.tensor(u, device=doc.device).repeat_interleave(lengths)  # (Lc,) u_i of each token's chunk
-    v = torch.tensor(v, device=doc.device).repeat_interleave(lengths)
-    position_ids = offset_in_window + u  # Eq. 4
-    input_ids = doc[offset_in_window + v]  # Eq. 5
-    return input_ids, position_ids
+    # Index arithmetic in numpy: tiny torch ops (repeat_interleave) can stall for
+    # milliseconds when their thread pool competes with a training step for the cores.
+    in_window = np.arange(train_len, dtype=np.int64)  # start_i + j for token j of chunk i
+    position_ids = in_window + np.repeat(u, lengths)  # Eq. 4
+    doc_index = in_window + np.repeat(v, lengths)  # Eq. 5
+    input_ids = doc[torch.from_numpy(doc_index).to(doc.device)]
+    return input_ids, torch.from_numpy(position_ids).to(doc.device)
 
 
 def sample_full_length(doc_ids, target_len, rng=None):
