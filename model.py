@@ -223,9 +223,10 @@ class Llama(nn.Module):
         inv_freq, mscale = rope_from_config(self.config, seq_len)
         return cos_sin(inv_freq, position_ids, mscale)
 
-    def forward(self, input_ids, position_ids=None, labels=None, kv_cache=None, reduction="mean"):
+    def forward(self, input_ids, position_ids=None, labels=None, kv_cache=None, reduction="mean", logits_to_keep=0):
         """input_ids [B, T]; position_ids [B, T] or [T] (default: continue after the cache).
-        Without labels: logits [B, T, V]. With labels [B, T] (usually input_ids; -100 = not
+        Without labels: logits [B, T, V], or of the last `logits_to_keep` tokens only (decoding a
+        32k prompt needs one row, not 6 GB). With labels [B, T] (usually input_ids; -100 = not
         scored): the next-token loss, averaged ("mean") or summed ("sum") over scored tokens."""
         B, T = input_ids.shape
         if position_ids is None:
@@ -242,7 +243,7 @@ class Llama(nn.Module):
                 x = block(x, cos, sin, kv_cache)
         x = self.norm(x)
         if labels is None:
-            return F.linear(x, self.output_weight)  # (B, T, V)
+            return F.linear(x[:, -logits_to_keep:] if logits_to_keep else x, self.output_weight)  # (B, T, V)
         return self.loss(x, labels, reduction)
 
     def loss(self, x, labels, reduction="mean"):

@@ -1,0 +1,74 @@
+"""Command-line pieces shared by eval_passkey.py and eval_ppl.py: lengths, model loading, JSON, PNG."""
+import json
+from pathlib import Path
+
+import torch
+
+from load_hf_weights import load_model
+from tokenizer import load_tokenizer
+
+ROPES = ["default", "linear", "ntk", "dynamic", "yarn", "yarn_original"]  # --rope; yarn = PoSE's revised YaRN
+
+
+def parse_lengths(specs):
+    """'4096', '16k', and 'start:stop:step' ranges (stop included) -> sorted list of ints."""
+    num = lambda s: int(float(s[:-1]) * 1024) if s.lower().endswith("k") else int(s)
+    out = set()
+    for spec in specs:
+        a = [num(x) for x in spec.split(":")]
+        out.update(range(a[0], a[1] + 1, a[2] if len(a) > 2 else a[0]) if len(a) > 1 else a)
+    return sorted(out)
+
+
+def load(parser, args):
+    """Model (with --rope/--factor applied) and tokenizer of args.model, or a parser error saying what to do."""
+    path = Path(args.model)
+    if (path / "hf" / "config.json").is_file():  # train.py's --out-dir: its final HF folder is hf/
+        path = path / "hf"
+    if not (path / "config.json").is_file():
+        parser.error(f"no model at {path}: train one (python train.py ...; it saves <out-dir>/hf), or pass --model DIR, "
+                     f"a Hugging Face folder (python scripts/get_smollm2.py builds cache/SmolLM2-135M-Instruct)")
+    if args.rope not in (None, "default") and args.factor is None:
+        parser.error(f"--rope {args.rope} needs --factor (e.g. 2 for 8k -> 16k)")
+    rope = None if args.rope is None else {"rope_type": args.rope, "factor": args.factor}
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
+    model = load_model(path, dtype=dtype, device=args.device, rope=rope).eval()
+    return model, load_tokenizer(path)
+
+
+def add_common_args(parser, lengths):
+    add = parser.add_argument
+    add("--model", default="out/pose/hf", help="HF folder, or train.py's --out-dir (default: %(default)s, train.py's output)")
+    add("--len", nargs="+", default=lengths, help="lengths in tokens: 4096 16k 2k:16k:2k (default: %(default)s)")
+    add("--rope", choices=ROPES, help="override the checkpoint's RoPE scaling, training-free (default: the checkpoint's own)")
+    add("--factor", type=float, help="scaling factor for --rope (default: none)")
+    add("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32", help="weights and activations (default: %(default)s)")
+    add("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="(default: %(default)s)")
+    add("--threads", type=int, default=0, help="torch CPU threads; 0 = torch's default (default: %(default)s)")
+    add("--out", help="write a JSON file here (default: none)")
+
+
+def write_json(args, settings, results, **extra):
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    settings = {k: v for k, v in vars(args).items() if k != "out"} | settings
+    Path(args.out).write_text(json.dumps({"settings": settings, "results": results, **extra}, indent=1))
+    print(f"wrote {args.out}")
+
+
+def pyplot():
+    """matplotlib.pyplot if installed (the optional extra: pip install -e '.[plot]'), else None."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        return plt
+    except ImportError:
+        print("matplotlib not installed: no PNG")
+
+
+def save_png(fig, out):
+    fig.tight_layout()
+    fig.savefig(Path(out).with_suffix(".png"), dpi=120)
+    print(f"wrote {Path(out).with_suffix('.png')}")

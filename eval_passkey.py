@@ -1,0 +1,160 @@
+"""
+Passkey retrieval (the PoSE / YaRN protocol, REFERENCE.md section 4): a random 5-digit key hidden
+at a random depth in L tokens of filler text; greedy decoding of up to 10 tokens through the KV cache;
+a trial succeeds when the first integer in the output is the key.
+
+    python eval_passkey.py --len 32768          # the model train.py just saved (out/pose/hf)
+    python eval_passkey.py --model cache/SmolLM2-135M-Instruct --len 2k 4k 8k --trials 20 --out results/pk.json
+    python eval_passkey.py --model DIR --len 4k:16k:4k --rope yarn --factor 2      # training-free 2x
+    python eval_passkey.py --model DIR --len 8k 16k --depths 0 0.25 0.5 0.75 1 --trials 4   # needle map
+
+Prompt length: the most whole filler repeats that fit, so L - (tokens of one filler) < tokens <= L
+(SmolLM2's tokenizer: one filler = 25 tokens). The key sits after round(depth * n) of the n repeats.
+Trials run deepest key first: consecutive prompts then share the intro and the filler before the
+key, and only the rest is prefilled (the cache keeps the shared keys/values). That is exact (causal
+attention) and saves ~40% of the compute; dynamic NTK, whose RoPE depends on the input length,
+shares only between prompts of equal length. Runs are repeatable: trials at L use seed (--seed, L).
+"""
+import argparse
+import json
+import re
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from eval_common import add_common_args, load, parse_lengths, pyplot, save_png, write_json
+from model import KVCache
+
+INTRO = ("There is an important info hidden inside a lot of irrelevant text. Find it and memorize them. "
+         "I will quiz you about the important information there.")
+FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
+NEEDLE = "The pass key is {key}. Remember it. {key} is the pass key."
+QUESTION = "What is the pass key? The pass key is"
+
+
+def prompt_text(n_before, n_after, key):
+    return "\n".join([INTRO, FILLER * n_before, NEEDLE.format(key=key), FILLER * n_after, QUESTION])
+
+
+def build_prompt(tok, length, depth, key):
+    """Token ids (BOS first) of the longest prompt with whole filler repeats that fits in `length`."""
+    def ids(n):
+        x = round(depth * n)
+        return tok.encode(prompt_text(x, n - x, key), bos=tok.bos_id is not None)
+    fixed = len(ids(0))
+    if fixed > length:
+        raise ValueError(f"--len {length} is below the prompt's fixed part ({fixed} tokens without filler)")
+    per_filler = len(tok.encode(FILLER * 8, bos=False)) / 8
+    n = int((length - fixed) / per_filler)
+    while n > 0 and len(ids(n)) > length:
+        n -= 1
+    while len(ids(n + 1)) <= length:
+        n += 1
+    return ids(n)
+
+
+def first_int(text):
+    """The first run of digits in text as an int ("is 12345." -> 12345), None if there is none."""
+    m = re.search(r"\d+", text)
+    return int(m.group()) if m else None
+
+
+@torch.no_grad()
+def greedy(model, ids, cache, start, max_new_tokens, eos_id):
+    """Greedy continuation of `ids`, whose first `start` tokens are already in `cache`."""
+    cache.length = start  # the cache's keys/values after the shared prefix get overwritten
+    out, x = [], torch.tensor([ids[start:]], device=cache.k[0].device)
+    for _ in range(max_new_tokens):
+        nxt = model(x, kv_cache=cache, logits_to_keep=1)[0, -1].argmax()
+        if nxt.item() == eos_id:
+            break
+        out.append(nxt.item())
+        x = nxt.view(1, 1)
+    return out
+
+
+def run_length(model, tok, length, depths, keys, max_new_tokens=10, share=True, log=None):
+    """One trial per (depth, key) at `length` tokens; returns a record per trial."""
+    trials = sorted(({"depth": float(d), "key": int(k), "ids": build_prompt(tok, length, d, k)} for d, k in zip(depths, keys)),
+                    key=lambda t: -t["depth"])  # deepest key first: the next prompt shares the longest prefix
+    p = next(model.parameters())
+    cache = KVCache(model.config, 1, max(len(t["ids"]) for t in trials) + max_new_tokens, p.device, p.dtype)
+    length_dependent = (model.config.rope_scaling or {}).get("rope_type") in ("dynamic", "longrope")
+    prev = []
+    for i, t in enumerate(trials):
+        ids, t0 = t.pop("ids"), time.perf_counter()
+        shared = 0
+        if share and not (length_dependent and len(ids) != len(prev)):
+            while shared < min(len(ids) - 1, len(prev)) and ids[shared] == prev[shared]:
+                shared += 1
+        text = tok.decode(greedy(model, ids, cache, shared, max_new_tokens, tok.eos_id))
+        t.update(output=text, correct=first_int(text) == t["key"], prompt_tokens=len(ids), prefilled=len(ids) - shared,
+                 seconds=round(time.perf_counter() - t0, 2))
+        prev = ids
+        if log:
+            log(i, t)
+    return trials
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_args(parser, lengths=["32768"])
+    add = parser.add_argument
+    add("--trials", type=int, default=50, help="trials per length, or per depth with --depths (default: %(default)s)")
+    add("--depths", type=float, nargs="+", help="a grid of key depths in [0, 1] (default: uniform random depth)")
+    add("--seed", type=int, default=0, help="keys and depths at length L come from seed (SEED, L) (default: %(default)s)")
+    add("--max-new-tokens", type=int, default=10, help="greedy tokens generated (default: %(default)s)")
+    args = parser.parse_args(argv)
+    lengths = parse_lengths(args.len)
+    if args.depths and not all(0 <= d <= 1 for d in args.depths):
+        parser.error("--depths must lie in [0, 1]")
+    model, tok = load(parser, args)
+    # the table's depth columns: the grid, or for uniform depths bins of width 0.2 named by their centre
+    cells = sorted(set(args.depths)) if args.depths else [0.1, 0.3, 0.5, 0.7, 0.9]
+    work = lambda L: L ** 1.5  # for the ETA: prefill cost grows between linearly and quadratically in L
+    t_start, done, results, records = time.perf_counter(), 0.0, [], []
+    for L in lengths:
+        rng = np.random.default_rng([args.seed, L])
+        depths = np.repeat(args.depths, args.trials) if args.depths else rng.uniform(0, 1, args.trials)
+        keys = rng.integers(10000, 100000, len(depths))
+
+        def log(i, t):
+            elapsed = time.perf_counter() - t_start
+            eta = elapsed / (done + work(L) * (i + 1) / len(depths)) * sum(map(work, lengths)) - elapsed
+            print(f"L={L} trial {i + 1}/{len(depths)} depth {t['depth']:.2f} key {t['key']} -> {t['output']!r} "
+                  f"{'ok' if t['correct'] else 'MISS'} ({t['seconds']:.1f} s, ETA {eta / 60:.1f} min)", flush=True)
+        try:
+            trials = run_length(model, tok, L, depths, keys, args.max_new_tokens, log=log)
+        except ValueError as e:
+            parser.error(str(e))
+        done += work(L)
+        records += [dict(t, length=L) for t in trials]
+        acc = lambda ts: sum(t["correct"] for t in ts) / len(ts)
+        by_depth = [{"depth": c, "trials": len(ts), "accuracy": acc(ts)} for c in cells
+                    if (ts := [t for t in trials if min(cells, key=lambda c: abs(c - t["depth"])) == c])]
+        results.append({"length": L, "accuracy": acc(trials), "trials": len(trials), "by_depth": by_depth,
+                        "prompt_tokens": [min(t["prompt_tokens"] for t in trials), max(t["prompt_tokens"] for t in trials)]})
+    print(f"\npasskey retrieval, {args.model}, rope {args.rope or 'of the checkpoint'} (factor {args.factor}), "
+          f"{(time.perf_counter() - t_start) / 60:.1f} min")
+    print(f"{'length':>7} | {'accuracy':>8} | {'trials':>6} | by depth " + " ".join(f"{c:>5g}" for c in cells))
+    for r in results:
+        by = {d["depth"]: f"{d['accuracy']:.2f}" for d in r["by_depth"]}
+        print(f"{r['length']:>7} | {r['accuracy']:>8.2f} | {r['trials']:>6} |          " + " ".join(f"{by.get(c, '-'):>5}" for c in cells))
+    if args.out:
+        write_json(args, {"lengths": lengths, "tokenizer": str(tok.path)}, results, trials=records)
+        grid = [[next((d["accuracy"] for d in r["by_depth"] if d["depth"] == c), np.nan) for r in results] for c in cells]
+        if plt := pyplot():
+            fig, ax = plt.subplots(figsize=(1.5 + 0.9 * len(results), 1.2 + 0.45 * len(cells)))
+            im = ax.imshow(grid, vmin=0, vmax=1, cmap="RdYlGn", aspect="auto", origin="lower")
+            ax.set(xticks=range(len(results)), xticklabels=lengths, yticks=range(len(cells)), yticklabels=cells,
+                   xlabel="prompt length (tokens)", ylabel="key depth", title=Path(args.out).stem)
+            fig.colorbar(im, label="accuracy")
+            save_png(fig, args.out)
+    return results
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
