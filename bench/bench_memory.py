@@ -4,7 +4,8 @@ Peak memory on the real SmolLM2-135M checkpoint, ours vs transformers, each case
     python bench/bench_memory.py                   # load, then a loss forward at 8k and 16k tokens
     python bench/bench_memory.py --lens 4096       # other lengths
 
-- load: peak RSS of `load_model` vs `from_pretrained` (fp32), against the weights' size on disk.
+- load: peak RSS of `load_model` vs `from_pretrained` (fp32), against the weights' size on disk,
+  after every weight has been read once (both sides memory-map the safetensors file).
 - loss: peak RSS of one no-grad forward that returns the next-token loss at T tokens. transformers
   builds the [T, V] logits in fp32; ours never does (chunked loss). RSS includes the ~0.3 GB of
   the Python/torch runtime, printed as "baseline".
@@ -41,8 +42,12 @@ def run_case(case, model_dir, T):
         import transformers
         model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     load_s = time.perf_counter() - t0
+    # memory-mapped weights are read from disk only when touched: touch them all, so that the peak
+    # counts every weight once (file-backed pages count in RSS) and any second copy on top
+    if case != "baseline":
+        sum(float(p.float().sum()) for p in model.parameters())
     if case.endswith("loss"):
-        ids = torch.randint(100, 40000, (1, T))
+        ids = torch.randint(100, 40000, (1, T), generator=torch.Generator().manual_seed(0))  # same tokens both sides
         t0 = time.perf_counter()
         with torch.no_grad():
             loss = model(ids, labels=ids) if case.startswith("ours") else model(ids, labels=ids).loss
