@@ -13,7 +13,7 @@ Prompt length: the most whole filler repeats that fit, so L - (tokens of one fil
 Trials run deepest key first: consecutive prompts then share the intro and the filler before the
 key, and only the rest is prefilled (the cache keeps the shared keys/values). That is exact (causal
 attention) and saves ~40% of the compute; dynamic NTK, whose RoPE depends on the input length,
-shares only between prompts of equal length. Runs are repeatable: trials at L use seed (--seed, L).
+shares only between prompts of equal length. Repeatable: trials at L draw from seed (--seed, L).
 """
 import argparse
 import json
@@ -103,23 +103,27 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(parser, lengths=["32768"])
     add = parser.add_argument
-    add("--trials", type=int, default=50, help="trials per length, or per depth with --depths (default: %(default)s)")
+    add("--trials", type=int, nargs="+", default=[50], help="trials per length (or per depth with --depths); one number, "
+    "or one per length (default: %(default)s)")
     add("--depths", type=float, nargs="+", help="a grid of key depths in [0, 1] (default: uniform random depth)")
     add("--seed", type=int, default=0, help="keys and depths at length L come from seed (SEED, L) (default: %(default)s)")
     add("--max-new-tokens", type=int, default=10, help="greedy tokens generated (default: %(default)s)")
     args = parser.parse_args(argv)
     lengths = parse_lengths(args.len)
+    if len(args.trials) not in (1, len(lengths)):
+        parser.error(f"--trials: one number or one per length ({len(lengths)}), got {len(args.trials)}")
+    n_trials = dict(zip(lengths, args.trials * len(lengths) if len(args.trials) == 1 else args.trials))
     if args.depths and not all(0 <= d <= 1 for d in args.depths):
         parser.error("--depths must lie in [0, 1]")
     model, tok = load(parser, args)
     # the table's depth columns: the grid, or for uniform depths bins of width 0.2 named by their centre
     cells = sorted(set(args.depths)) if args.depths else [0.1, 0.3, 0.5, 0.7, 0.9]
-    work = lambda L: L ** 1.5  # for the ETA: prefill cost grows between linearly and quadratically in L
+    work = lambda L: n_trials[L] * L ** 1.5  # for the ETA: prefill cost grows between linearly and quadratically in L
     t_start, done, results, records = time.perf_counter(), 0.0, [], []
     for L in lengths:
-        rng = np.random.default_rng([args.seed, L])
-        depths = np.repeat(args.depths, args.trials) if args.depths else rng.uniform(0, 1, args.trials)
-        keys = rng.integers(10000, 100000, len(depths))
+        # two streams, so that the first k trials of a longer run are those of a k-trial run
+        depths = np.repeat(args.depths, n_trials[L]) if args.depths else np.random.default_rng([args.seed, L, 0]).uniform(0, 1, n_trials[L])
+        keys = np.random.default_rng([args.seed, L, 1]).integers(10000, 100000, len(depths))
 
         def log(i, t):
             elapsed = time.perf_counter() - t_start

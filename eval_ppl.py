@@ -70,7 +70,8 @@ def truncate_nll(model, ids, lengths, piece=2048):
 
 @torch.no_grad()
 def sliding_nll(model, ids, L, stride):
-    """[(NLL, scored)] of windows of L tokens every `stride` (<= L) tokens."""
+    """[(NLL, scored)] of windows of L tokens every `stride` (< L) tokens: each window scores the tokens
+    after the previous window's end, whose predecessor it holds, so every token after the first is scored once."""
     n, out, prev_end = ids.shape[1], [], 0
     for begin in range(0, n - 1, stride):
         end = min(begin + L, n)
@@ -97,7 +98,7 @@ def evaluate(model, docs, lengths, mode="truncate", stride=None, log=print):
                 windows[L].append(window_nll(model, ids[:, :L], ids[:, :L]))
         else:
             for L in fits:
-                windows[L] += sliding_nll(model, ids, L, stride or L)
+                windows[L] += sliding_nll(model, ids, L, stride or L // 2)
         log(f"document {i + 1}/{len(docs)} ({ids.shape[1]} tokens): " + ", ".join(
             f"{L}: {math.exp(windows[L][-1][0] / windows[L][-1][1]):.2f}" for L in fits) + f" ({time.perf_counter() - t0:.0f} s)")
     results = []
@@ -115,7 +116,7 @@ def main(argv=None):
     add = parser.add_argument
     add("--data", nargs="+", help="text files, folders, .jsonl files (required unless only --compare)")
     add("--mode", choices=["truncate", "sliding"], default="truncate", help="(default: %(default)s)")
-    add("--stride", type=int, help="sliding: tokens between window starts, <= L (default: L, no overlap)")
+    add("--stride", type=int, help="sliding: tokens between window starts, < L (default: L // 2)")
     add("--min-tokens", type=int, default=0, help="leave out shorter documents (default: %(default)s)")
     add("--max-docs", type=int, default=0, help="use the first N documents with >= --min-tokens; 0 = all (default: %(default)s)")
     add("--compare", nargs="+", default=[], help="JSON of earlier runs, drawn in the PNG too; alone: only draw them (default: none)")
@@ -125,8 +126,8 @@ def main(argv=None):
             parser.error("--data is required (or --compare RUN.json ... --out PLOT.png to only draw earlier runs)")
         return plot(args.compare, [], args.out)
     lengths = parse_lengths(args.len)
-    if args.stride is not None and not 0 < args.stride <= min(lengths):
-        parser.error(f"--stride must be in 1..{min(lengths)} (the shortest --len): every token is scored once")
+    if args.mode == "sliding" and args.stride is not None and not 0 < args.stride < min(lengths):
+        parser.error(f"--stride must be in 1..{min(lengths) - 1} (below the shortest --len), so that every token is scored")
     try:
         texts = read_documents(args.data)
     except (OSError, ValueError, KeyError) as e:
@@ -134,7 +135,7 @@ def main(argv=None):
     model, tok = load(parser, args)
     docs, names = [], []
     for name, text in texts:
-        if len(ids := tok.encode(text, bos=tok.bos_id is not None)) >= args.min_tokens and len(docs) < (args.max_docs or len(texts)):
+        if len(ids := tok.encode(text, bos=tok.bos_id is not None)) >= max(args.min_tokens, 2) and len(docs) < (args.max_docs or len(texts)):
             docs.append(torch.tensor([ids], device=args.device))
             names.append(name)
     if not docs:

@@ -1,0 +1,217 @@
+"""eval_passkey.py and eval_ppl.py on CPU: a tiny random Llama saved with save_model, and a byte-level
+tokenizer.json built here (one token per byte, so lengths are easy to reason about)."""
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import eval_passkey
+import eval_ppl
+from eval_common import parse_lengths
+from eval_passkey import FILLER, NEEDLE, build_prompt, first_int, run_length
+from load_hf_weights import load_model, save_model
+from model import Llama, LlamaConfig
+from tokenizer import _byte_alphabet, load_tokenizer
+
+VOCAB = 257  # 256 bytes + <|endoftext|> (BOS and EOS)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny matrices: a second thread only adds synchronisation (x10 slower on a busy 2-core machine)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("tiny")
+    tok_dir = d / "tok"
+    tok_dir.mkdir()
+    spec = {"model": {"type": "BPE", "vocab": {c: b for b, c in _byte_alphabet().items()}, "merges": []},
+            "decoder": {"type": "ByteLevel"}, "normalizer": None, "added_tokens": [{"id": 256, "content": "<|endoftext|>"}],
+            "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+                {"type": "Digits", "individual_digits": True}, {"type": "ByteLevel", "add_prefix_space": False}]}}
+    (tok_dir / "tokenizer.json").write_text(json.dumps(spec))
+    torch.manual_seed(0)
+    model = Llama(LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                              num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                              tie_word_embeddings=True, bos_token_id=256, eos_token_id=256))
+    model.init_weights(std=0.2)  # larger than usual: outputs that depend on the input, not near-ties
+    save_model(model, d / "run" / "hf", tokenizer_dir=tok_dir)  # laid out like train.py's --out-dir
+    return d / "run" / "hf"
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_dir):
+    return load_model(tiny_dir).eval(), load_tokenizer(tiny_dir)
+
+
+# --- passkey: prompt and scoring ---
+
+def check_prompt(tok, L, depth, key=12345):
+    ids = build_prompt(tok, L, depth, key)
+    per_filler = len(tok.encode(FILLER * 8, bos=False)) / 8
+    assert L - per_filler < len(ids) <= L, (L, len(ids), per_filler)  # the stated tolerance
+    assert ids[0] == tok.bos_id
+    before, after = tok.decode(ids[1:]).split(NEEDLE.format(key=key))
+    n_before, n = before.count(FILLER), before.count(FILLER) + after.count(FILLER)
+    assert abs(n_before / n - depth) <= 0.5 / n  # the key after round(depth * n) of the n filler repeats
+
+
+@pytest.mark.parametrize("depth", [0.0, 0.37, 1.0])
+def test_prompt_length_and_depth(tiny, depth):
+    for L in (400, 1000, 2500):
+        check_prompt(tiny[1], L, depth)
+
+
+def test_prompt_length_and_depth_smollm2(smollm2_dir):
+    tok = load_tokenizer(smollm2_dir)
+    for L in (2048, 16384):
+        for depth in (0.0, 0.5, 0.93):
+            check_prompt(tok, L, depth, key=90210)
+
+
+def test_prompt_shorter_than_fixed_part(tiny):
+    with pytest.raises(ValueError, match="fixed part"):
+        build_prompt(tiny[1], 100, 0.5, 12345)
+
+
+@pytest.mark.parametrize("text, value", [(" 12345.", 12345), ("The pass key is 12345. Remember", 12345),
+                                         ("123456", 123456), (" 1 2345", 1), ("no digits", None), ("", None),
+                                         ("\n\n-42 and 7", 42)])
+def test_first_int(text, value):
+    assert first_int(text) == value
+
+
+def test_scoring_edge_cases():
+    key = 12345
+    assert first_int(" 12345 is it") == key  # leading space, trailing text
+    assert first_int("123456") != key  # extra digits are wrong
+    assert first_int("key: 1234 5") != key  # a split key is wrong
+    assert first_int("nothing") != key
+
+
+@pytest.mark.parametrize("rope", [None, {"rope_type": "dynamic", "factor": 2.0}, {"rope_type": "yarn", "factor": 2.0}])
+def test_shared_prefix_equals_fresh_prefill(tiny_dir, tiny, rope):
+    model = load_model(tiny_dir, rope=rope).eval()
+    depths, keys = [0.1, 0.9, 0.5, 0.5], [11111, 22222, 33333, 44444]
+    shared = run_length(model, tiny[1], 900, depths, keys, share=True)
+    fresh = run_length(model, tiny[1], 900, depths, keys, share=False)
+    assert [t["output"] for t in shared] == [t["output"] for t in fresh]
+    assert [t["depth"] for t in shared] == [0.9, 0.5, 0.5, 0.1]  # deepest first
+    assert all(t["prefilled"] == t["prompt_tokens"] for t in fresh)
+    if rope is None:  # the later trials prefill only what follows the shared intro + filler
+        assert max(t["prefilled"] for t in shared[1:]) < shared[0]["prefilled"] == shared[0]["prompt_tokens"]
+
+
+def test_parse_lengths():
+    assert parse_lengths(["2k", "4096", "1k:3k:1k", "8k:16k"]) == [1024, 2048, 3072, 4096, 8192, 16384]
+
+
+# --- perplexity ---
+
+def direct_nll(model, ids):
+    """Summed next-token NLL of ids [1, T] from the full logits."""
+    with torch.no_grad():
+        logp = F.log_softmax(model(ids)[0].double(), dim=-1)
+    return -logp[torch.arange(ids.shape[1] - 1), ids[0, 1:]].sum().item()
+
+
+def docs_of(*lengths, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.cat([torch.tensor([[256]]), torch.randint(0, 256, (1, n - 1), generator=g)], 1) for n in lengths]
+
+
+def test_truncate_equals_full_logits(tiny):
+    model = tiny[0]
+    docs = docs_of(300, 150)
+    res = {r["length"]: r for r in eval_ppl.evaluate(model, docs, [64, 150, 200], "truncate", log=lambda s: None)}
+    for L in (64, 150):
+        nll = sum(direct_nll(model, d[:, :L]) for d in docs)
+        assert res[L]["tokens"] == 2 * (L - 1) and res[L]["windows"] == 2
+        assert res[L]["ppl"] == pytest.approx(math.exp(nll / (2 * (L - 1))), rel=1e-5)  # token-weighted
+        per_window = [direct_nll(model, d[:, :L]) / (L - 1) for d in docs]
+        assert res[L]["ppl_window_mean"] == pytest.approx(math.exp(sum(per_window) / 2), rel=1e-5)
+    assert res[200]["documents"] == 1 and res[200]["tokens"] == 199  # the 150-token document is left out at 200
+    # one pass through the KV cache in small pieces equals separate windows
+    pieces = eval_ppl.truncate_nll(model, docs[0], [64, 150, 300], piece=16)
+    for L, (nll, n) in pieces.items():
+        assert n == L - 1 and nll == pytest.approx(direct_nll(model, docs[0][:, :L]), rel=1e-5)
+
+
+def test_sliding_equals_full_logits_and_scores_each_token_once(tiny):
+    model, (doc,) = tiny[0], docs_of(230)
+    L, stride = 64, 24
+    ref, prev_end = 0.0, 0
+    for begin in range(0, 230, stride):  # each window scores the tokens after the previous window's end
+        end = min(begin + L, 230)
+        with torch.no_grad():
+            logp = F.log_softmax(model(doc[:, begin:end])[0].double(), dim=-1)
+        ref -= sum(logp[i - 1 - begin, doc[0, i]].item() for i in range(max(prev_end, begin + 1), end))
+        if end == 230:
+            break
+        prev_end = end
+    (r,) = eval_ppl.evaluate(model, [doc], [L], "sliding", stride, log=lambda s: None)
+    assert r["tokens"] == 229 and r["ppl"] == pytest.approx(math.exp(ref / 229), rel=1e-5)
+
+    seen = []  # token ids = positions: the labels show which positions get scored
+
+    def fake(ids, labels, reduction):
+        seen.extend(labels[0, 1:][labels[0, 1:] != -100].tolist())
+        return torch.tensor(0.0)
+    for n, L, stride in [(230, 64, 24), (230, 64, 63), (50, 64, 16), (65, 64, 1)]:
+        seen.clear()
+        windows = eval_ppl.sliding_nll(fake, torch.arange(n)[None], L, stride)
+        assert sorted(seen) == list(range(1, n)) and sum(w[1] for w in windows) == n - 1
+
+
+# --- command lines ---
+
+def test_passkey_cli(tiny_dir, tmp_path, capsys):
+    out = tmp_path / "pk.json"
+    eval_passkey.main(["--model", str(tiny_dir.parent), "--len", "400", "700", "--trials", "3", "--out", str(out)])
+    data = json.loads(out.read_text())
+    assert [(r["length"], r["trials"]) for r in data["results"]] == [(400, 3), (700, 3)]
+    assert all(0 <= r["accuracy"] <= 1 and r["prompt_tokens"][1] <= r["length"] for r in data["results"])
+    assert len(data["trials"]) == 6 and data["settings"]["seed"] == 0
+    eval_passkey.main(["--model", str(tiny_dir), "--len", "400", "--depths", "0", "1", "--trials", "2",
+                       "--rope", "yarn", "--factor", "2", "--out", str(out)])
+    assert [d["depth"] for d in json.loads(out.read_text())["results"][0]["by_depth"]] == [0, 1]
+    assert "accuracy" in capsys.readouterr().out
+
+
+def test_ppl_cli(tiny_dir, tmp_path):
+    (tmp_path / "a.txt").write_text("Once upon a time. " * 30)
+    (tmp_path / "b.jsonl").write_text(json.dumps({"text": "short"}) + "\n" + json.dumps({"text": "x y z " * 50}) + "\n")
+    out = tmp_path / "ppl.json"
+    for mode in ("truncate", "sliding"):
+        eval_ppl.main(["--model", str(tiny_dir), "--data", str(tmp_path / "a.txt"), str(tmp_path / "b.jsonl"),
+                       "--len", "128", "256", "--mode", mode, "--stride", "64", "--min-tokens", "100", "--out", str(out)])
+        data = json.loads(out.read_text())
+        assert data["settings"]["documents"] == ["a.txt", "b.jsonl:2"]
+        assert [(r["length"], r["documents"]) for r in data["results"]] == [(128, 2), (256, 2)]
+        assert all(r["ppl"] > 1 and r["tokens"] > 0 for r in data["results"])
+
+
+@pytest.mark.parametrize("script, argv, message", [
+    (eval_passkey, ["--model", "nowhere", "--len", "1k"], "no model at nowhere"),
+    (eval_passkey, ["--len", "100", "--trials", "1"], "below the prompt's fixed part"),
+    (eval_passkey, ["--len", "1k", "--rope", "linear"], "needs --factor"),
+    (eval_ppl, ["--data", "EMPTY", "--len", "64"], "no documents"),
+    (eval_ppl, ["--data", "MISSING", "--len", "64"], "cannot read --data"),
+    (eval_ppl, ["--len", "64"], "--data is required"),
+    (eval_ppl, ["--data", "EMPTY", "--len", "64", "--mode", "sliding", "--stride", "64"], "--stride must be"),
+])
+def test_bad_input(tiny_dir, tmp_path, capsys, script, argv, message):
+    (tmp_path / "empty.txt").write_text("")
+    argv = [{"EMPTY": str(tmp_path / "empty.txt"), "MISSING": str(tmp_path / "missing.txt")}.get(a, a) for a in argv]
+    if "--model" not in argv:
+        argv += ["--model", str(tiny_dir)]
+    with pytest.raises(SystemExit) as e:
+        script.main(argv)
+    assert e.value.code == 2 and message in capsys.readouterr().err
