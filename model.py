@@ -272,15 +272,15 @@ class ChunkedCrossEntropy(torch.autograd.Function):
         grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=x.device) if needs_grad else None
         for i in range(0, targets.numel(), chunk):
             xi, ti = x[i:i + chunk], targets[i:i + chunk]
-            logits = F.linear(xi, weight).float()  # (rows, V) in fp32: the softmax needs the precision
+            logp = F.log_softmax(F.linear(xi, weight).float(), dim=-1)  # (rows, V), fp32 for the softmax
             valid = ti != IGNORE_INDEX
             safe_t = ti.clamp(min=0)[:, None]
-            lse = logits.logsumexp(dim=-1, keepdim=True)
-            total += ((lse - logits.gather(1, safe_t))[:, 0] * valid).sum()
+            total += (logp.gather(1, safe_t)[:, 0] * valid).sum().neg()
             if needs_grad:
-                g = (logits - lse).exp_()  # softmax, in place of the logits
-                g.scatter_add_(1, safe_t, -torch.ones_like(lse))  # minus the one-hot target
-                g *= valid[:, None]
+                g = logp.exp_()  # softmax, in the same buffer
+                g.scatter_add_(1, safe_t, torch.full_like(safe_t, -1, dtype=g.dtype))  # minus the one-hot target
+                if not bool(valid.all()):
+                    g[~valid] = 0
                 grad_x[i:i + chunk] = g.to(weight.dtype) @ weight  # (rows, C)
                 grad_w += (g.t() @ xi.to(g.dtype)).float()  # (V, C)
         ctx.save_for_backward(grad_x, grad_w)

@@ -18,7 +18,7 @@ from load_hf_weights import load_model
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 parser.add_argument("--seq", type=int, nargs="+", default=[512, 2048], help="sequence lengths (default: 512 2048)")
-parser.add_argument("--steps", type=int, default=3, help="timed steps per length, after one warm-up (default: 3)")
+parser.add_argument("--steps", type=int, default=5, help="timed steps per length, alternating ours/HF, after one warm-up (default: 5)")
 parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads (default: all cores)")
 args = parser.parse_args()
 torch.set_num_threads(args.threads)
@@ -36,18 +36,28 @@ print(f"config: {n_params / 1e6:.1f}M params, hidden 512, 8 layers, 8 heads / 4 
       f"{args.threads} threads, torch {torch.__version__}, transformers {transformers.__version__}")
 
 
-def step_time(fn, ids):
-    times = []
-    for i in range(args.steps + 1):
-        t0 = time.perf_counter()
-        fn(ids).backward()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times[1:])
+def one_step(fn, ids):
+    t0 = time.perf_counter()
+    fn(ids).backward()
+    return time.perf_counter() - t0
+
+
+def hf_loss(x):
+    return hf(x, labels=x).loss
+
+
+def our_loss(x):
+    return ours(x, labels=x)
 
 
 print(f"{'seq':>6} | {'ours tok/s':>10} | {'HF tok/s':>10} | {'ours/HF':>7}")
 for T in args.seq:
     ids = torch.randint(0, 32000, (1, T))
-    t_hf = step_time(lambda x: hf(x, labels=x).loss, ids)
-    t_ours = step_time(lambda x: ours(x, labels=x), ids)
+    one_step(hf_loss, ids), one_step(our_loss, ids)  # warm-up
+    # alternate the two, so that whatever else the machine does weighs on both alike
+    t_hf, t_ours = [], []
+    for _ in range(args.steps):
+        t_hf.append(one_step(hf_loss, ids))
+        t_ours.append(one_step(our_loss, ids))
+    t_hf, t_ours = statistics.median(t_hf), statistics.median(t_ours)
     print(f"{T:>6} | {T / t_ours:>10.0f} | {T / t_hf:>10.0f} | {t_hf / t_ours:>7.2f}")
