@@ -26,6 +26,7 @@ import sys
 import time
 from contextlib import nullcontext
 from dataclasses import asdict
+from datetime import timedelta
 
 PRESETS = {  # each sets defaults; flags given on the command line still win
     "llama7b-16k-linear": dict(init_from="cache/llama-7b", data="cache/data/pile", train_len=2048, target_len=16384, rope="linear"),
@@ -42,8 +43,7 @@ add("--preset", choices=PRESETS, help="a paper run or the tiny CPU run (no prese
 add("--init-from", default="cache/llama-7b", help="Hugging Face checkpoint folder to fine-tune (default: %(default)s)")
 add("--config", help="train a fresh model instead (overrides --init-from): 'tiny' or a config.json path; vocab_size defaults to the data's")
 add("--data", default="cache/data/pile", help="token file prefix written by prepare_data.py (default: %(default)s)")
-add("--eval-data", help="token file for evaluation (default: the last --eval-docs long documents of --data, held out)")
-add("--out-dir", default="out/pose", help="checkpoint, log.jsonl and the final HF folder <out-dir>/hf (default: %(default)s)")
+add("--out-dir", default="out/pose", help="ckpt.pt, log.jsonl, final HF folder <out-dir>/hf (default: %(default)s; out/PRESET)")
 add("--method", choices=["pose", "full", "randpos"], default="pose", help="pose, or a baseline: full-length training at Lt, RandPos")
 add("--train-len", type=int, default=2048, help="Lc: tokens per training window (default: %(default)s)")
 add("--target-len", type=int, default=16384, help="Lt: context window to extend to (default: %(default)s)")
@@ -67,7 +67,7 @@ add("--dtype", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
 add("--device", choices=["auto", "cpu", "cuda"], default="auto", help="default: cuda if available")
 add("--device-memory", type=float, help="GB per device for the memory check (default: measured)")
 add("--eval-every", type=int, default=200, help="eval loss at Lt every N steps; 0 = never (default: %(default)s)")
-add("--eval-docs", type=int, default=8, help="held-out documents (>= Lt tokens) for the eval loss (default: %(default)s)")
+add("--eval-docs", type=int, default=8, help="the last N documents of >= Lt tokens, held out for the eval loss (default: %(default)s)")
 add("--ckpt-every", type=int, default=250, help="write <out-dir>/ckpt.pt every N steps and at the end (default: %(default)s)")
 add("--stop-after", type=int, help="checkpoint and stop after this step (e.g. a job time limit); continue with --resume")
 add("--resume", action="store_true", help="continue from <out-dir>/ckpt.pt")
@@ -75,7 +75,7 @@ add("--seed", type=int, default=1337, help="seeds the fresh model and the data o
 add("--dry-run", action="store_true", help="print the memory plan and exit")
 args = parser.parse_args()
 if args.preset:  # re-parse with the preset as defaults, so explicit flags still override it
-    parser.set_defaults(**PRESETS[args.preset])
+    parser.set_defaults(out_dir=f"out/{args.preset}", **PRESETS[args.preset])
     args = parser.parse_args()
 if args.config:
     args.init_from = None
@@ -95,10 +95,9 @@ grad_accum = args.global_batch // (world_size * args.micro_batch)
 if args.init_from and not os.path.isfile(os.path.join(args.init_from, "config.json")):
     parser.error(f"checkpoint {args.init_from}/config.json not found: pass --init-from DIR (a Hugging Face LLaMA/Mistral "
                  f"folder with config.json and *.safetensors) or --config tiny|CONFIG.json for a fresh model")
-for prefix in filter(None, (args.data, args.eval_data)):
-    if not os.path.isfile(prefix + ".bin"):
-        parser.error(f"data {prefix}.bin not found: make it with `python prepare_data.py --tokenizer TOKENIZER --out {prefix} "
-                     f"--min-tokens {args.train_len} TEXTS...` or pass --data PREFIX")
+if not os.path.isfile(args.data + ".bin"):
+    parser.error(f"data {args.data}.bin not found: make it with `python prepare_data.py --tokenizer TOKENIZER --out {args.data} "
+                 f"--min-tokens {args.train_len} TEXTS...` or pass --data PREFIX")
 ckpt_path = os.path.join(args.out_dir, "ckpt.pt")
 if args.resume and not os.path.isfile(ckpt_path):
     parser.error(f"--resume: {ckpt_path} not found (is --out-dir right?)")
@@ -108,6 +107,10 @@ if args.config and args.config != "tiny" and not os.path.isfile(args.config):
 import numpy as np  # noqa: E402  (imported after the checks: a typo should not wait for torch)
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,  # noqa: E402
+                                                     get_optimizer_state_dict, set_model_state_dict, set_optimizer_state_dict)
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard  # noqa: E402
+from torch.nn.parallel import DistributedDataParallel as DDP  # noqa: E402
 
 from load_hf_weights import load_config, load_model, save_model, with_rope  # noqa: E402
 from model import Llama, LlamaConfig  # noqa: E402
@@ -130,6 +133,15 @@ if device == "cpu" and dtype_name == "fp16":
     parser.error("--dtype fp16 is for CUDA (loss scaling); on CPU use fp32 or bf16")
 amp_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype_name]
 data = TokenDocs(args.data)
+min_len = args.target_len if args.method == "full" else args.train_len
+eval_ids = np.flatnonzero(data.lengths >= args.target_len)[-args.eval_docs:] if args.eval_every and args.eval_docs else []
+train_ids = np.setdiff1d(np.flatnonzero(data.lengths >= min_len), eval_ids)  # held out: never trained on
+if args.eval_every and len(eval_ids) < max(args.eval_docs, world_size):
+    sys.exit(f"error: the eval loss needs {max(args.eval_docs, world_size)} documents of >= {args.target_len} tokens, found "
+             f"{len(eval_ids)}: prepare longer documents, lower --eval-docs, or pass --eval-every 0")
+if len(train_ids) == 0:
+    sys.exit(f"error: {args.data} has no training document of >= {min_len} tokens (after holding out {len(eval_ids)} for eval)")
+print0(f"data: {len(train_ids):,} training documents of >= {min_len} tokens, {len(eval_ids)} held out for eval at {args.target_len}")
 if args.init_from:
     config = load_config(args.init_from)
 else:
@@ -161,12 +173,8 @@ def memory_plan(shard):
     return {k: v / 1024**3 for k, v in parts.items()}
 
 
-if args.device_memory:
-    capacity = args.device_memory
-elif device.startswith("cuda"):
-    capacity = torch.cuda.get_device_properties(local_rank).total_memory / 1024**3
-else:
-    capacity = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024**3 / local_world
+capacity = args.device_memory or (torch.cuda.get_device_properties(local_rank).total_memory / 1024**3 if device != "cpu"
+                                  else os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024**3 / local_world)
 candidates = [args.shard] if args.shard != "auto" else ["ddp"] + (["zero1", "fsdp"] if world_size > 1 else [])
 if args.shard in ("zero1", "fsdp") and world_size == 1:
     parser.error(f"--shard {args.shard} shards across ranks: launch with torchrun --nproc_per_node N (N >= 2)")
@@ -194,17 +202,6 @@ if ddp:
     if device.startswith("cuda"):
         torch.cuda.set_device(device)
     dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
-min_len = args.target_len if args.method == "full" else args.train_len
-eval_data, eval_ids = TokenDocs(args.eval_data) if args.eval_data else data, np.zeros(0, dtype=np.int64)
-if args.eval_every:  # the last long documents; held out of training when they come from the training file
-    eval_ids = np.flatnonzero(eval_data.lengths >= args.target_len)[-max(args.eval_docs, 1):]
-train_ids = np.setdiff1d(np.flatnonzero(data.lengths >= min_len), eval_ids if eval_data is data else [])
-if args.eval_every and len(eval_ids) < max(args.eval_docs, world_size):
-    sys.exit(f"error: the eval loss needs {max(args.eval_docs, world_size)} documents of >= {args.target_len} tokens, found "
-             f"{len(eval_ids)}: prepare longer documents, pass --eval-data, lower --eval-docs, or --eval-every 0")
-if len(train_ids) == 0:
-    sys.exit(f"error: {args.data} has no training document of >= {min_len} tokens (after holding out {len(eval_ids)} for eval)")
-print0(f"data: {len(train_ids):,} training documents of >= {min_len} tokens, {len(eval_ids)} held out for eval at {args.target_len}")
 
 
 def get_example(e):
@@ -235,7 +232,6 @@ else:
 model.activation_checkpointing = args.ac
 raw_model = model  # unwrapped: its state_dict has plain names (FSDP shards it in place)
 if shard == "fsdp":
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
     mp = MixedPrecisionPolicy(param_dtype=amp_dtype, reduce_dtype=torch.float32)
     for block in model.layers:  # one block at a time: only one block is ever held unsharded in fp32
         fully_shard(block.to(device, torch.float32), mp_policy=mp)
@@ -243,24 +239,19 @@ if shard == "fsdp":
 else:
     model.to(device, torch.float32)
     if ddp:
-        from torch.nn.parallel import DistributedDataParallel as DDP
         model = DDP(model, device_ids=[local_rank] if device.startswith("cuda") else None, gradient_as_bucket_view=True)
 opt_kw = dict(lr=args.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=args.weight_decay)
-if shard == "zero1" and ddp:
-    from torch.distributed.optim import ZeroRedundancyOptimizer
+if shard == "zero1":  # each rank keeps the AdamW moments of its 1/world_size of the parameters
+    from torch.distributed.optim import ZeroRedundancyOptimizer  # here: importing it warns about torch.jit
     optimizer = ZeroRedundancyOptimizer(raw_model.parameters(), optimizer_class=torch.optim.AdamW, **opt_kw)
 else:
     optimizer = torch.optim.AdamW(raw_model.parameters(), **opt_kw)
+scaler = None  # fp16 only: the sharded scaler all-reduces its inf check, since each rank sees only its shard
 if dtype_name == "fp16":
-    from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler  # all-reduces inf checks over shards
+    from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
     scaler = ShardedGradScaler() if shard == "fsdp" else torch.amp.GradScaler("cuda")
-else:
-    scaler = None
 autocast = torch.autocast(device.split(":")[0], dtype=amp_dtype) if dtype_name != "fp32" else nullcontext()
-if shard == "fsdp":
-    from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_optimizer_state_dict,
-                                                         set_model_state_dict, set_optimizer_state_dict)
-    full_sd = StateDictOptions(full_state_dict=True, cpu_offload=True)
+full_sd = StateDictOptions(full_state_dict=True, cpu_offload=True)  # FSDP: gather the shards onto rank 0's CPU
 
 
 def get_lr(step):
@@ -282,22 +273,18 @@ def save_checkpoint(step):
     if master_process:
         ckpt = dict(model=model_sd, optimizer=opt_sd, scaler=scaler.state_dict() if scaler else None, step=step,
                     examples_seen=step * args.global_batch, torch_rng=torch.get_rng_state(), args=vars(args), config=asdict(config))
-        tmp = ckpt_path + ".tmp"
-        with open(tmp, "wb") as f:
+        with open(ckpt_path + ".tmp", "wb") as f:
             torch.save(ckpt, f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, ckpt_path)  # atomic: ckpt.pt is the old or the new checkpoint, never half of one
-        dir_fd = os.open(args.out_dir, os.O_RDONLY)
-        os.fsync(dir_fd)
-        os.close(dir_fd)
+        os.replace(ckpt_path + ".tmp", ckpt_path)  # atomic: ckpt.pt is the old or the new checkpoint, never half of one
 
 
 start_step, log = 0, os.path.join(args.out_dir, "log.jsonl")
 if master_process:
     os.makedirs(args.out_dir, exist_ok=True)
 if args.resume:
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)  # every rank reads it; mmap: no copy
     same = ("method", "train_len", "target_len", "num_chunks", "rope", "global_batch", "max_steps", "lr", "min_lr", "warmup",
             "decay", "weight_decay", "seed", "data")
     changed = [f"--{k.replace('_', '-')} {ckpt['args'][k]} -> {getattr(args, k)}" for k in same if ckpt["args"][k] != getattr(args, k)]
@@ -328,7 +315,7 @@ def evaluate():
     model.eval()
     nll, count = torch.zeros((), device=device), torch.zeros((), device=device)
     for i in eval_ids[rank:len(eval_ids) // world_size * world_size:world_size]:  # same count on every rank (FSDP)
-        x = torch.as_tensor(np.asarray(eval_data[i][:args.target_len], dtype=np.int64), device=device)[None]
+        x = torch.as_tensor(np.asarray(data[i][:args.target_len], dtype=np.int64), device=device)[None]
         with autocast:
             nll += (model if shard == "fsdp" else raw_model)(x, labels=x, reduction="sum").float()
         count += x.numel() - 1
@@ -340,8 +327,9 @@ def evaluate():
 
 
 def write_log(record):
-    with open(log, "a") as f:
-        f.write(json.dumps(record) + "\n")
+    if master_process:
+        with open(log, "a") as f:
+            f.write(json.dumps(record) + "\n")
 
 
 # ----------------------------------------------------------------------------- training loop
@@ -354,8 +342,7 @@ while True:
     if args.eval_every and (step % args.eval_every == 0 or last_step) and not (args.resume and step == start_step):
         eval_loss = evaluate()
         print0(f"step {step} | eval loss at {args.target_len} tokens {eval_loss:.4f}")
-        if master_process:
-            write_log(dict(step=step, eval_loss=eval_loss))
+        write_log(dict(step=step, eval_loss=eval_loss))
     if step > start_step and (step % args.ckpt_every == 0 or last_step):
         save_checkpoint(step)
     if last_step:
@@ -367,11 +354,9 @@ while True:
         group["lr"] = lr
     loss_sum = torch.zeros((), device=device)
     for micro_step in range(grad_accum):
-        sync = micro_step == grad_accum - 1  # all-reduce (or reduce-scatter) gradients only once per step
-        if shard == "fsdp":
-            model.set_requires_gradient_sync(sync)
-        elif ddp:
-            model.require_backward_grad_sync = sync  # what no_sync() toggles, as nanoGPT does
+        if ddp and shard != "fsdp":  # all-reduce only on the last micro-step: what no_sync() toggles (as nanoGPT)
+            model.require_backward_grad_sync = micro_step == grad_accum - 1
+        # FSDP reduce-scatters every micro-step: skipping it would keep full unsharded fp32 grads on every rank
         x, pos = get_batch(step, micro_step)
         with autocast:
             loss = model(x, position_ids=pos, labels=x) / grad_accum  # labels are the inputs, shifted inside
@@ -396,13 +381,11 @@ while True:
     dt = sum(times[-10:]) / len(times[-10:])
     mem = torch.cuda.max_memory_allocated(device) / 1024**3 if device.startswith("cuda") else \
         resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # CPU: peak RSS of the process
-    eta = dt * ((args.stop_after or args.max_steps) - step)
+    eta = timedelta(seconds=round(dt * ((args.stop_after or args.max_steps) - step)))
     print0(f"step {step}/{args.max_steps} | loss {loss_f:.4f} | lr {lr:.2e} | grad norm {grad_norm.item():.3f} | "
-           f"{tokens_per_step / times[-1]:,.0f} tok/s | peak mem {mem:.2f} GB | {times[-1]:.2f} s | "
-           f"ETA {int(eta // 3600)}:{int(eta % 3600 // 60):02d}:{int(eta % 60):02d}")
-    if master_process:
-        write_log(dict(step=step, loss=loss_f, lr=lr, grad_norm=grad_norm.item(), tokens_per_s=tokens_per_step / times[-1],
-                       peak_mem_gb=mem, step_time=times[-1]))
+           f"{tokens_per_step / times[-1]:,.0f} tok/s | peak mem {mem:.2f} GB | {times[-1]:.2f} s | ETA {eta}")
+    write_log(dict(step=step, loss=loss_f, lr=lr, grad_norm=grad_norm.item(), tokens_per_s=tokens_per_step / times[-1],
+                   peak_mem_gb=mem, step_time=times[-1]))
 
 if step == args.max_steps:  # the final model as a Hugging Face folder
     final_sd = get_model_state_dict(model, options=full_sd) if shard == "fsdp" else raw_model.state_dict()
@@ -416,3 +399,6 @@ if step == args.max_steps:  # the final model as a Hugging Face folder
         print0(f"saved {save_model(export, os.path.join(args.out_dir, 'hf'), dtype=save_dtype, tokenizer_dir=tok_dir)}")
 if ddp:
     dist.destroy_process_group()
+    if device == "cpu":  # gloo in torch 2.13 sometimes aborts (SIGABRT) in interpreter teardown, after all work is done
+        sys.stdout.flush(), sys.stderr.flush()
+        os._exit(0)
