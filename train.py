@@ -125,9 +125,7 @@ def print0(*a, **k):
 
 if args.device == "cuda" and not torch.cuda.is_available():
     parser.error("--device cuda: no CUDA device is available")
-device = "cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu"
-if device == "cuda":
-    device = f"cuda:{local_rank}"
+device = f"cuda:{local_rank}" if args.device != "cpu" and torch.cuda.is_available() else "cpu"
 dtype_name = args.dtype if args.dtype != "auto" else ("fp32" if device == "cpu" else "bf16" if torch.cuda.is_bf16_supported() else "fp16")
 if device == "cpu" and dtype_name == "fp16":
     parser.error("--dtype fp16 is for CUDA (loss scaling); on CPU use fp32 or bf16")
