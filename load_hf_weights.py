@@ -128,7 +128,7 @@ def to_hf_config(config, dtype):
     hf.pop("rope_parameters", None)
     hf.setdefault("architectures", ["MistralForCausalLM" if config.model_type == "mistral" else "LlamaForCausalLM"])
     hf.setdefault("hidden_act", "silu")
-    hf["torch_dtype"] = str(dtype).removeprefix("torch.")
+    hf["torch_dtype"] = hf["dtype"] = str(dtype).removeprefix("torch.")  # transformers 4.x / 5.x names
     rs, theta, d = dict(config.rope_scaling or {}), config.rope_theta, config.head_dim
     kind, s = rs.get("rope_type", "default"), rs.get("factor", 1.0)
     L0 = rs.get("original_max_position_embeddings", config.max_position_embeddings)

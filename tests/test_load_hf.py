@@ -71,7 +71,9 @@ def test_round_trip_tied_sharded_bf16_and_tokenizer_copied(tmp_path):
     save_model(loaded, tmp_path / "out", dtype=torch.bfloat16)  # overwrite in place, in bf16, tokenizer kept
     assert (tmp_path / "out" / "tokenizer.json").exists()
     assert load_file(tmp_path / "out" / "model.safetensors")["model.norm.weight"].dtype == torch.bfloat16
-    assert json.loads((tmp_path / "out" / "config.json").read_text())["torch_dtype"] == "bfloat16"
+    saved = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert saved["torch_dtype"] == saved["dtype"] == "bfloat16"
+    assert transformers.AutoConfig.from_pretrained(tmp_path / "out").dtype == torch.bfloat16
 
 
 def test_legacy_inv_freq_and_rope_scaling_keys(tmp_path):
