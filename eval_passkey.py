@@ -9,7 +9,7 @@ a trial succeeds when the first integer in the output is the key.
     python eval_passkey.py --model DIR --len 8k 16k --depths 0 0.25 0.5 0.75 1 --trials 4   # needle map
 
 Prompt length: the most whole filler repeats that fit, so L - (tokens of one filler) < tokens <= L
-(SmolLM2's tokenizer: one filler = 25 tokens). The key sits after round(depth * n) of the n repeats.
+(SmolLM2: one filler = 24 tokens). The key sits after round(depth * n) of the n repeats.
 Trials run deepest key first: consecutive prompts then share the intro and the filler before the
 key, and only the rest is prefilled (the cache keeps the shared keys/values). That is exact (causal
 attention) and saves ~40% of the compute; dynamic NTK, whose RoPE depends on the input length,

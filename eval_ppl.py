@@ -7,16 +7,14 @@ Perplexity on long documents (the PoSE / YaRN protocol, REFERENCE.md section 4).
     python eval_ppl.py --data book.txt more/ --mode sliding --len 8k --stride 2k
     python eval_ppl.py --compare results/ppl_*.json --out results/ppl.png   # PPL against length, runs side by side
 
---data: text files, folders (their *.txt and *.jsonl, sorted) and .jsonl files (a "text" field per
-line); each document is tokenized with BOS first. A document shorter than L is left out at L.
-truncate: one window, the first L tokens of each document.
-sliding: windows of L tokens every --stride tokens; each scores only the tokens the previous window
-did not (the rest are labelled -100: context only), so every token after BOS is scored once.
-ppl = exp(sum of NLL / scored tokens) over all windows and documents: token-weighted, PoSE's
-definition; ppl_window_mean = exp(mean of the windows' mean NLL), YaRN's. The loss is computed in
-chunks (model.loss), so memory grows linearly with L. In truncate mode all lengths of a document
-come from one pass through the KV cache (the first L tokens of a 16k window *are* the L window,
-causal attention), except for dynamic NTK, whose RoPE depends on the window length.
+--data: text files, folders (their *.txt, *.jsonl) and .jsonl files ("text" per line); BOS starts each
+document. A document shorter than L is left out at L. truncate: the first L tokens of each document.
+sliding: windows of L tokens every --stride tokens, each scoring only what the previous one did not
+(the rest is labelled -100: context only). ppl = exp(sum NLL / scored tokens) over all windows:
+token-weighted, PoSE's definition; ppl_window_mean = exp(mean of per-window mean NLL), YaRN's.
+Memory grows linearly with L (the loss never holds [L, V] logits). In truncate mode, all lengths of a
+document come from one pass through the KV cache (causal: the first 2k tokens of the 16k window are
+the 2k window), except for dynamic NTK, whose RoPE depends on the window length.
 """
 import argparse
 import json
@@ -35,14 +33,11 @@ def read_documents(paths):
     """[(name, text)] from text files, folders and .jsonl files."""
     docs = []
     for p in map(Path, paths):
-        files = sorted(f for f in p.rglob("*") if f.suffix in (".txt", ".jsonl")) if p.is_dir() else [p]
-        for f in files:
-            if not f.is_file():
-                raise FileNotFoundError(f"--data {f}: no such file or folder")
+        for f in sorted(f for f in p.rglob("*") if f.suffix in (".txt", ".jsonl")) if p.is_dir() else [p]:
             if f.suffix == ".jsonl":
                 lines = f.read_text(encoding="utf-8").splitlines()
                 docs += [(f"{f.name}:{i + 1}", json.loads(line)["text"]) for i, line in enumerate(lines) if line.strip()]
-            else:
+            else:  # FileNotFoundError names the file
                 docs.append((f.name, f.read_text(encoding="utf-8", errors="replace")))
     return docs
 
@@ -84,30 +79,29 @@ def sliding_nll(model, ids, L, stride):
     return out
 
 
+def ppl(windows):
+    return math.exp(sum(w[0] for w in windows) / sum(w[1] for w in windows)) if windows else None
+
+
 def evaluate(model, docs, lengths, mode="truncate", stride=None, log=print):
     """docs: [1, n] id tensors (BOS first). One result dict per length."""
     windows = {L: [] for L in lengths}  # (NLL, scored) per window
     one_pass = (model.config.rope_scaling or {}).get("rope_type") not in ("dynamic", "longrope")
     for i, ids in enumerate(docs):
         t0, fits = time.perf_counter(), [L for L in lengths if L <= ids.shape[1]]
-        if mode == "truncate" and one_pass and fits:
-            for L, w in truncate_nll(model, ids, fits).items():
-                windows[L].append(w)
-        elif mode == "truncate":
-            for L in fits:
-                windows[L].append(window_nll(model, ids[:, :L], ids[:, :L]))
+        if mode == "sliding":
+            new = {L: sliding_nll(model, ids, L, stride or L // 2) for L in fits}
+        elif one_pass and fits:
+            new = {L: [w] for L, w in truncate_nll(model, ids, fits).items()}
         else:
-            for L in fits:
-                windows[L] += sliding_nll(model, ids, L, stride or L // 2)
-        log(f"document {i + 1}/{len(docs)} ({ids.shape[1]} tokens): " + ", ".join(
-            f"{L}: {math.exp(windows[L][-1][0] / windows[L][-1][1]):.2f}" for L in fits) + f" ({time.perf_counter() - t0:.0f} s)")
-    results = []
-    for L, ws in windows.items():
-        nll, tokens = sum(w[0] for w in ws), sum(w[1] for w in ws)
-        results.append({"length": L, "ppl": math.exp(nll / tokens) if tokens else None, "tokens": tokens,
-                        "ppl_window_mean": math.exp(sum(w[0] / w[1] for w in ws) / len(ws)) if ws else None,
-                        "windows": len(ws), "documents": sum(d.shape[1] >= L for d in docs)})
-    return results
+            new = {L: [window_nll(model, ids[:, :L], ids[:, :L])] for L in fits}
+        for L, ws in new.items():
+            windows[L] += ws
+        log(f"document {i + 1}/{len(docs)}, {ids.shape[1]} tokens, ppl " +
+            ", ".join(f"{L}: {ppl(ws):.3f}" for L, ws in new.items()) + f" ({time.perf_counter() - t0:.0f} s)")
+    return [{"length": L, "ppl": ppl(ws), "tokens": sum(w[1] for w in ws), "windows": len(ws),
+             "ppl_window_mean": math.exp(sum(w[0] / w[1] for w in ws) / len(ws)) if ws else None,
+             "documents": sum(d.shape[1] >= L for d in docs)} for L, ws in windows.items()]
 
 
 def main(argv=None):
@@ -135,17 +129,18 @@ def main(argv=None):
     model, tok = load(parser, args)
     docs, names = [], []
     for name, text in texts:
-        if len(ids := tok.encode(text, bos=tok.bos_id is not None)) >= max(args.min_tokens, 2) and len(docs) < (args.max_docs or len(texts)):
-            docs.append(torch.tensor([ids], device=args.device))
-            names.append(name)
+        if len(ids := tok.encode(text, bos=tok.bos_id is not None)) >= max(args.min_tokens, 2):  # BOS alone: nothing to score
+            docs, names = docs + [torch.tensor([ids], device=args.device)], names + [name]
+        if len(docs) == args.max_docs:
+            break
     if not docs:
         parser.error(f"no documents with >= {args.min_tokens} tokens in {' '.join(args.data)}")
     print(f"{len(docs)} documents, {sum(d.shape[1] for d in docs)} tokens: {', '.join(names)}")
     results = evaluate(model, docs, lengths, args.mode, args.stride)
     print(f"\n{args.mode} perplexity, {args.model}, rope {args.rope or 'of the checkpoint'} (factor {args.factor})")
     print(f"{'length':>7} | {'ppl':>8} | {'window mean':>11} | {'tokens':>8} | {'windows':>7} | documents")
+    f = lambda x: f"{x:.3f}" if x else "-"
     for r in results:
-        f = lambda x: f"{x:.3f}" if x else "-"
         print(f"{r['length']:>7} | {f(r['ppl']):>8} | {f(r['ppl_window_mean']):>11} | {r['tokens']:>8} | {r['windows']:>7} | {r['documents']}")
     if args.out:
         write_json(args, {"lengths": lengths, "documents": names, "document_tokens": [d.shape[1] for d in docs]}, results)
@@ -159,8 +154,8 @@ def plot(json_files, runs, out):
     if plt := pyplot():
         fig, ax = plt.subplots(figsize=(6, 4))
         for name, results in runs:
-            pts = [(r["length"], r["ppl"]) for r in results if r["ppl"]]
-            ax.plot(*zip(*pts), marker="o", label=Path(name).stem)
+            if pts := [(r["length"], r["ppl"]) for r in results if r["ppl"]]:
+                ax.plot(*zip(*pts), marker="o", label=Path(name).stem)
         ax.set(xlabel="window length (tokens)", ylabel="perplexity (token-weighted)", yscale="log")
         ax.legend()
         save_png(fig, out)
