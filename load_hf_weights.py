@@ -2,7 +2,7 @@
 Hugging Face checkpoint folder <-> our Llama, straight from safetensors (no transformers at run time).
 
     model = load_model("path/to/hf_folder", dtype=torch.bfloat16, rope={"rope_type": "yarn", "factor": 2})
-    save_model(model, "out/hf_folder")   # AutoModelForCausalLM.from_pretrained reads it
+    save_model(model, "out/hf_folder")   # AutoModelForCausalLM.from_pretrained reads it (clex: only we do)
 
 Loading builds the model on the meta device (no memory), memory-maps each safetensors file and
 assigns the tensors as the model's parameters, so the weights are never held twice.
@@ -17,8 +17,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from model import Llama, LlamaConfig
-from rope import ROPE_TYPES, yarn_mscale, yarn_scale_per_dim
+from model import CLEX, Llama, LlamaConfig
+from rope import ROPE_TYPES, check_clex, yarn_mscale, yarn_scale_per_dim
 
 TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                    "generation_config.json")
@@ -43,7 +43,8 @@ def load_config(path, rope=None):
 def with_rope(config, rope):
     """Replace config's RoPE scaling by `rope` ({"rope_type": ..., "factor": s, ...}; "yarn" is the
     revised formula). Its original length is the checkpoint's; max_position_embeddings becomes
-    original * s as in PoSE (dynamic keeps the original: transformers measures from it)."""
+    original * s as in PoSE (dynamic keeps the original: transformers measures from it; clex
+    takes s = max_factor, and load_model gives a checkpoint without CLEX's matrices fresh ones)."""
     rope = dict(rope)
     kind = rope.pop("type", None) or rope.get("rope_type") or "default"
     if kind not in ROPE_TYPES:
@@ -54,7 +55,10 @@ def with_rope(config, rope):
         return config
     rope["rope_type"] = kind
     rope.setdefault("original_max_position_embeddings", original)
-    if "factor" in rope and kind != "dynamic":
+    if kind == "clex":
+        check_clex(rope)
+        config.max_position_embeddings = rope["original_max_position_embeddings"] * rope["max_factor"]
+    elif "factor" in rope and kind != "dynamic":
         config.max_position_embeddings = int(round(rope["original_max_position_embeddings"] * rope["factor"]))
     config.rope_scaling = rope
     return config
@@ -82,7 +86,9 @@ def _weight_files(path):
 
 
 def load_model(path, dtype=torch.float32, device="cpu", rope=None):
-    """Our Llama with the weights of the HF checkpoint folder `path`, in `dtype` on `device`."""
+    """Our Llama with the weights of the HF checkpoint folder `path`, in `dtype` on `device`.
+    rope={"rope_type": "clex", ...} on a checkpoint without CLEX's matrices (a plain base to
+    fine-tune) creates them as the paper starts: W_up Kaiming-uniform, W_down = 0 (= NTK, alpha = 2t - 1)."""
     path = Path(path)
     config = load_config(path, rope)
     files = _weight_files(path)
@@ -96,8 +102,8 @@ def load_model(path, dtype=torch.float32, device="cpu", rope=None):
             keys = keys if keys is not None else list(f.keys())
             for key in keys:
                 name = key.removeprefix("model.")
-                if name.endswith("rotary_emb.inv_freq"):
-                    continue  # transformers <= 4.31 saved its RoPE buffer; we recompute RoPE
+                if name.endswith(("rotary_emb.inv_freq", "clex_layer.inv_freq")):
+                    continue  # RoPE buffers saved by transformers <= 4.31 and CLEX's code; we recompute RoPE
                 if name == "lm_head.weight" and config.tie_word_embeddings:
                     continue  # tied: the embedding is the output projection
                 t = f.get_tensor(key)
@@ -106,6 +112,8 @@ def load_model(path, dtype=torch.float32, device="cpu", rope=None):
                 state[name] = t.to(device=device, dtype=dtype)
         except SafetensorError as e:
             raise ValueError(f"{file}: not a readable safetensors file, truncated or corrupt ({e})") from None
+    if (rope or {}).get("rope_type") == "clex" and not any(k.startswith("clex_layer.") for k in state):
+        state.update({"clex_layer." + k: v.to(device, dtype) for k, v in CLEX(config).state_dict().items()})
     missing, unexpected = sorted(expected.keys() - state.keys()), sorted(state.keys() - expected.keys())
     if missing or unexpected:
         raise KeyError(f"{path}: tensors do not match config.json: missing {missing[:5]}"
@@ -115,11 +123,12 @@ def load_model(path, dtype=torch.float32, device="cpu", rope=None):
     return model
 
 
-def to_hf_config(config, dtype):
+def to_hf_config(config, dtype, hf_compatible=False):
     """config.json content that stock transformers reads with the same RoPE. Schemes it lacks are
     written as equivalents: ntk is plain RoPE with base' = base * s^(d/(d-2)); revised YaRN is
     longrope with per-dimension factors (1 - mask_j) * s + mask_j and attention_factor = mscale.
-    Our own scheme is kept under `pose_nano_rope_scaling`, which load_model prefers."""
+    Our own scheme is kept under `pose_nano_rope_scaling`, which load_model prefers. clex has no
+    equivalent: it is written as is, which transformers refuses; hf_compatible=True raises instead."""
     hf = dict(config.extra)
     for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
                  "num_key_value_heads", "head_dim", "max_position_embeddings", "rms_norm_eps", "tie_word_embeddings",
@@ -131,6 +140,9 @@ def to_hf_config(config, dtype):
     hf["torch_dtype"] = hf["dtype"] = str(dtype).removeprefix("torch.")  # transformers 4.x / 5.x names
     rs, theta, d = dict(config.rope_scaling or {}), config.rope_theta, config.head_dim
     kind, s = rs.get("rope_type", "default"), rs.get("factor", 1.0)
+    if kind == "clex" and hf_compatible:
+        raise ValueError("clex: stock transformers cannot load a CLEX model (its RoPE is learned); "
+                         "save without hf_compatible and load it with load_model")
     L0 = rs.get("original_max_position_embeddings", config.max_position_embeddings)
     if kind == "ntk":
         rope, theta = None, theta * s ** (d / (d - 2))
@@ -154,12 +166,14 @@ def to_hf_config(config, dtype):
     return hf
 
 
-def save_model(model, path, dtype=None, max_shard_bytes=5 * 1024**3, tokenizer_dir=None):
+def save_model(model, path, dtype=None, max_shard_bytes=5 * 1024**3, tokenizer_dir=None, hf_compatible=False):
     """Write an HF folder: config.json, safetensors (sharded with an index above max_shard_bytes),
     tokenizer files from `tokenizer_dir` (default: the folder the model was loaded from).
-    Written into a temporary folder and renamed, so `path` is either the old or the new folder."""
+    Written into a temporary folder and renamed, so `path` is either the old or the new folder.
+    hf_compatible=True: raise rather than write what stock transformers cannot load (clex)."""
     path = Path(path)
     dtype = dtype or next(model.parameters()).dtype
+    hf_config = to_hf_config(model.config, dtype, hf_compatible)  # raises before anything is written
     tensors = {("lm_head.weight" if k == "lm_head.weight" else "model." + k): v.detach().to("cpu", dtype).contiguous()
                for k, v in model.state_dict().items()}
     shards, size = [[]], 0
@@ -183,7 +197,7 @@ def save_model(model, path, dtype=None, max_shard_bytes=5 * 1024**3, tokenizer_d
             total = sum(t.numel() * t.element_size() for t in tensors.values())
             (tmp / "model.safetensors.index.json").write_text(
                 json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
-        (tmp / "config.json").write_text(json.dumps(to_hf_config(model.config, dtype), indent=2))
+        (tmp / "config.json").write_text(json.dumps(hf_config, indent=2))
         source = tokenizer_dir or getattr(model, "source_dir", None)
         for name in TOKENIZER_FILES if source else ():
             if (Path(source) / name).is_file():

@@ -10,6 +10,7 @@ Shapes: B batch, T tokens, H query heads, Hkv key/value heads, D head_dim, C hid
 Positions enter only through RoPE on q and k, so `position_ids` may skip (PoSE) while the
 attention mask stays plain causal: token order is what makes attention causal.
 """
+import math
 from dataclasses import dataclass, field, fields
 
 import torch
@@ -17,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from rope import ROPE_TYPES, apply_rope, cos_sin, rope_from_config
+from rope import ROPE_TYPES, apply_rope, check_clex, clex_factor, clex_inv_freq, cos_sin, rope_from_config
 
 IGNORE_INDEX = -100  # label value that is not scored (transformers' convention)
 
@@ -54,6 +55,8 @@ class LlamaConfig:
         kind = (self.rope_scaling or {}).get("rope_type", "default")
         if kind not in ROPE_TYPES:
             raise ValueError(f"unknown rope_type {kind!r}; known: {', '.join(ROPE_TYPES)}")
+        if kind == "clex":
+            check_clex(self.rope_scaling)
 
     @classmethod
     def from_hf(cls, hf: dict, source="config.json"):
@@ -71,6 +74,8 @@ class LlamaConfig:
         hf.pop("rope_theta", None)
         kind = rope.pop("type", None) or rope.get("rope_type") or "default"
         rope["rope_type"] = {"yarn": "yarn_original", "su": "longrope"}.get(kind, kind)
+        if rope["rope_type"] == "clex" and "log_scale" in hf:  # the CLEX code keeps it beside rope_scaling
+            rope.setdefault("log_scale", hf.pop("log_scale"))
         # ours: this project's own scheme, saved beside the transformers-readable one (see save_model)
         ours = hf.pop("pose_nano_rope_scaling", None)
         if ours is not None:
@@ -110,6 +115,10 @@ class Attention(nn.Module):
         self.layer_idx = layer_idx
         self.n_head, self.n_kv_head, self.head_dim = config.num_attention_heads, config.num_key_value_heads, config.head_dim
         self.sliding_window = config.sliding_window
+        rs = config.rope_scaling or {}
+        # CLEX's optional log scaling of queries, q * ln(S) / ln(L0) for S keys (off in the paper's LLaMA runs)
+        self.log_scale_len = rs.get("original_max_position_embeddings", config.max_position_embeddings) \
+            if rs.get("rope_type") == "clex" and rs.get("log_scale") else None
         C, bias = config.hidden_size, config.attention_bias
         self.q_proj = nn.Linear(C, self.n_head * self.head_dim, bias=bias)
         self.k_proj = nn.Linear(C, self.n_kv_head * self.head_dim, bias=bias)
@@ -137,7 +146,10 @@ class Attention(nn.Module):
             if self.sliding_window is not None:
                 mask &= k_idx > q_idx - self.sliding_window
             is_causal = False
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal,
+        scale = None  # SDPA's default 1 / sqrt(D)
+        if self.log_scale_len:
+            scale = math.log(S) / math.log(self.log_scale_len) / math.sqrt(self.head_dim)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, scale=scale,
                                            enable_gqa=self.n_kv_head != self.n_head)  # (B, H, T, D)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim))
 
@@ -189,6 +201,42 @@ class KVCache:
         return self.k[layer_idx][:, :, :end], self.v[layer_idx][:, :, :end]
 
 
+class CLEX(nn.Module):
+    """CLEX's learned frequency ODE (rope.clex_inv_freq), one for all layers. Parameter names as in
+    the original CLEX checkpoints (model.clex_layer.proj_func.ode_up_proj / ode_down_proj)."""
+
+    def __init__(self, config):
+        super().__init__()
+        D, p = config.head_dim, config.rope_scaling.get("param_factor", 1)
+        self.proj_func = nn.ParameterDict({"ode_up_proj": nn.Parameter(torch.empty(D // 2, p * D)),
+                                           "ode_down_proj": nn.Parameter(torch.empty(p * D, D // 2))})
+        self.reset_parameters()
+        self.cache = None  # (key, inv_freq [max_factor, D/2]) for forwards without gradients
+
+    def reset_parameters(self):
+        """The paper's start: W_up Kaiming-uniform(a = sqrt 5), W_down = 0, i.e. NTK with alpha = 2t - 1."""
+        nn.init.kaiming_uniform_(self.proj_func.ode_up_proj, a=math.sqrt(5))
+        nn.init.zeros_(self.proj_func.ode_down_proj)
+
+    def forward(self, config, t):
+        """inv_freq [D/2] fp32 at the integer scaling factor t. With gradients: one solve over [1, t].
+        Without: one solve over the grid 1..max_factor, reused until a parameter changes (an in-place
+        update bumps its version, a reassignment or .to() its storage)."""
+        up, down = self.proj_func.ode_up_proj, self.proj_func.ode_down_proj
+        rs = config.rope_scaling
+        if t != int(t) or not 1 <= t <= rs["max_factor"]:
+            raise ValueError(f"clex: the scaling factor t must be an integer in 1..max_factor={rs['max_factor']}, got {t!r}")
+        t = int(t)
+        args = (config.head_dim, config.rope_theta, up, down)
+        kw = dict(time_dt=rs.get("time_dt", 0.01), act=rs.get("act", "tanh"))
+        if torch.is_grad_enabled():
+            return clex_inv_freq(*args, max_t=t, **kw)[-1]
+        key = (up.data_ptr(), up._version, down.data_ptr(), down._version, str(up.device), args[:2], rs["max_factor"], kw)
+        if self.cache is None or self.cache[0] != key:
+            self.cache = (key, clex_inv_freq(*args, max_t=rs["max_factor"], **kw))
+        return self.cache[1][t - 1]
+
+
 class Llama(nn.Module):
     def __init__(self, config: LlamaConfig):
         super().__init__()
@@ -198,11 +246,13 @@ class Llama(nn.Module):
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         # tied: the output projection *is* the embedding matrix, so there is no second parameter
         self.lm_head = None if config.tie_word_embeddings else nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        if (config.rope_scaling or {}).get("rope_type") == "clex":
+            self.clex_layer = CLEX(config)
         self.activation_checkpointing = False  # recompute each block in backward (train.py sets it)
         self.loss_chunk_size = 1024  # rows of logits materialised at once when computing a loss
 
     def init_weights(self, std=0.02):
-        """transformers' Llama initialisation: N(0, 0.02) for every matrix, ones for norms."""
+        """transformers' Llama initialisation: N(0, 0.02) for every matrix, ones for norms; CLEX's own."""
         for name, p in self.named_parameters():
             if name.endswith("layernorm.weight") or name == "norm.weight":
                 nn.init.ones_(p)
@@ -210,31 +260,51 @@ class Llama(nn.Module):
                 nn.init.zeros_(p)
             else:
                 nn.init.normal_(p, mean=0.0, std=std)
+        if hasattr(self, "clex_layer"):
+            self.clex_layer.reset_parameters()
 
     @property
     def output_weight(self):
         return self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
 
-    def rope(self, position_ids):
+    def rope(self, position_ids, scale_t=None, kv_cache=None):
         """cos, sin [B, T, D] fp32 for these positions, computed once and shared by every block."""
+        rs = self.config.rope_scaling or {}
+        kind = rs.get("rope_type")
+        if scale_t is not None and kind != "clex":
+            raise ValueError(f"scale_t is CLEX's training factor; this model's rope_type is {kind or 'default'!r}")
         seq_len = None
-        if (self.config.rope_scaling or {}).get("rope_type") in ("dynamic", "longrope"):
-            seq_len = int(position_ids.max()) + 1  # these two schemes depend on how far the input reaches
-        inv_freq, mscale = rope_from_config(self.config, seq_len)
-        return cos_sin(inv_freq, position_ids, mscale)
+        if kind in ("dynamic", "longrope") or (kind == "clex" and scale_t is None):
+            seq_len = int(position_ids.max()) + 1  # these schemes depend on how far the input reaches
+        if kind != "clex":
+            inv_freq, mscale = rope_from_config(self.config, seq_len)
+            return cos_sin(inv_freq, position_ids, mscale)
+        if scale_t is None:  # CLEX at inference: t = ceil(L / L0). Decoding keeps the prompt's t (kept on the
+            # cache), so every cached key and every new query share one set of frequencies
+            L0 = rs.get("original_max_position_embeddings", self.config.max_position_embeddings)
+            if kv_cache is not None and kv_cache.length > 0 and getattr(kv_cache, "clex_t", None):
+                scale_t = kv_cache.clex_t
+            else:
+                scale_t = clex_factor(seq_len, L0, rs["max_factor"])
+                if kv_cache is not None:
+                    kv_cache.clex_t = scale_t
+        return cos_sin(self.clex_layer(self.config, scale_t), position_ids)
 
-    def forward(self, input_ids, position_ids=None, labels=None, kv_cache=None, reduction="mean", logits_to_keep=0):
-        """input_ids [B, T]; position_ids [B, T] or [T] (default: continue after the cache).
-        Without labels: logits [B, T, V], or of the last `logits_to_keep` tokens only (decoding a
-        32k prompt needs one row, not 6 GB). With labels [B, T] (usually input_ids; -100 = not
-        scored): the next-token loss, averaged ("mean") or summed ("sum") over scored tokens."""
+    def forward(self, input_ids, position_ids=None, labels=None, kv_cache=None, reduction="mean", logits_to_keep=0,
+                scale_t=None):
+        """input_ids [B, T]; position_ids [B, T] or [T] (default: continue after the cache); any
+        numbers, fractions too (CLEX trains on fractional positions). Without labels: logits [B, T, V],
+        or of the last `logits_to_keep` tokens only (decoding a 32k prompt needs one row, not 6 GB).
+        With labels [B, T] (usually input_ids; -100 = not scored): the next-token loss, averaged
+        ("mean") or summed ("sum") over scored tokens. scale_t (CLEX only): the training step's
+        integer factor t; None picks t = ceil(L / L0) from L = max(position_ids) + 1."""
         B, T = input_ids.shape
         if position_ids is None:
             past = kv_cache.length if kv_cache is not None else 0
             position_ids = torch.arange(past, past + T, device=input_ids.device)
         if position_ids.dim() == 1:
             position_ids = position_ids.expand(B, T)
-        cos, sin = self.rope(position_ids)
+        cos, sin = self.rope(position_ids, scale_t, kv_cache)
         x = self.embed_tokens(input_ids)  # (B, T, C)
         for block in self.layers:
             if self.activation_checkpointing and torch.is_grad_enabled():

@@ -137,6 +137,32 @@ def sample_randpos(doc_ids, train_len, target_len, rng=None):
     return doc[start:start + train_len], position_ids
 
 
+def sample_clex(doc_ids, train_len, t, original_len, rng=None):
+    """CLEX training example (Chen et al. 2023, as its code samples it) for the step's integer
+    scaling factor t: train_len contiguous tokens at a random offset, and with scale = max(1,
+    Lc // L0) the positions 0, then (s + 1) / scale for Lc - 2 distinct sorted s from [0, Lc*t - 2),
+    then Lc*t // scale - 1. Float32, fractional when scale > 1: the original divides without
+    rounding. With scale = 1 they strictly increase (t = 1: 0..Lc-1); with scale > 1 the original's
+    last position can fall up to 1 - 2/scale below the one before it, kept as is."""
+    if train_len < 2:
+        raise ValueError(f"train_len must be >= 2 (first and last positions are fixed), got {train_len}")
+    if int(t) != t or t < 1:
+        raise ValueError(f"t must be an integer >= 1, got {t}")
+    if original_len < 1:
+        raise ValueError(f"original_len must be >= 1, got {original_len}")
+    doc = _as_doc(doc_ids, train_len, "train_len")
+    rng = _check_rng(rng)
+    start = _randint(rng, 0, len(doc) - train_len)
+    span, scale = train_len * int(t), max(1, train_len // original_len)
+    if isinstance(rng, random.Random):
+        picked = rng.sample(range(span - 2), train_len - 2)
+    else:
+        picked = rng.choice(span - 2, size=train_len - 2, replace=False)
+    middle = (np.sort(np.asarray(picked, dtype=np.int64)) + 1) / scale
+    position_ids = np.concatenate([[0.0], middle, [span // scale - 1]])
+    return doc[start:start + train_len], torch.as_tensor(position_ids, dtype=torch.float32, device=doc.device)
+
+
 if __name__ == "__main__":
     rng = random.Random(0)
     doc = list(range(1000, 1100))  # token id = 1000 + offset, so content skips are visible

@@ -12,7 +12,9 @@ in cache/data/pile (made by prepare_data.py --min-tokens 2048):
 A small CPU run (data: python prepare_data.py --tokenizer TOK --out cache/data/tiny --min-tokens 512 TEXTS):
     python train.py --preset tiny
     torchrun --nproc_per_node 2 train.py --preset tiny --shard fsdp
-Baselines: --method full (Lt tokens at positions 0..Lt-1) or --method randpos. Memory plan only
+Baselines: --method full (Lt tokens at positions 0..Lt-1) or --method randpos. --method clex trains CLEX
+(arXiv 2310.16450) instead: a scaling factor t ~ U{1..Lt/Lc} per step, RandPos-like positions over Lc t; --method plain trains at Lc
+with positions 0..Lc-1 and plain RoPE (pretraining a base: demo.py does, with --mix copy=0.5,passkey=0.5). Memory plan only
 (e.g. for 8 cards of 48 GB): WORLD_SIZE=8 python train.py --dry-run --device-memory 48
 Resume after a crash or --stop-after: the same command plus --resume; the losses then equal those
 of an uninterrupted run (example e of the run is drawn from a generator seeded with (seed, e)).
@@ -44,12 +46,18 @@ add("--init-from", default="cache/llama-7b", help="Hugging Face checkpoint folde
 add("--config", help="train a fresh model instead (overrides --init-from): 'tiny' or a config.json path; vocab_size defaults to the data's")
 add("--data", default="cache/data/pile", help="token file prefix written by prepare_data.py (default: %(default)s)")
 add("--out-dir", default="out/pose", help="ckpt.pt, log.jsonl, final HF folder <out-dir>/hf (default: %(default)s; out/PRESET)")
-add("--method", choices=["pose", "full", "randpos"], default="pose", help="pose, or a baseline: full-length training at Lt, RandPos")
+add("--method", choices=["pose", "full", "randpos", "clex", "plain"], default="pose",
+    help="pose; baselines: full-length training at Lt, RandPos; clex: CLEX with max_factor Lt/Lc (--rope is "
+    "ignored); plain: positions 0..Lc-1, no scaling (pretraining)")
 add("--train-len", type=int, default=2048, help="Lc: tokens per training window (default: %(default)s)")
 add("--target-len", type=int, default=16384, help="Lt: context window to extend to (default: %(default)s)")
 add("--num-chunks", type=int, default=2, help="PoSE chunks per window (default: %(default)s)")
 add("--rope", default="linear", choices=["none", "linear", "ntk", "yarn", "yarn_original", "dynamic"],
     help="RoPE scaling, factor Lt/Lc (yarn = PoSE's revised YaRN; default: %(default)s)")
+add("--mix", default="text=1", help="window sources, TASK=WEIGHT,... of text, copy, passkey (see tasks.py; default: %(default)s)")
+add("--mix-from", help="STEP:MIX: switch to another --mix from that step on, e.g. 400:copy=0.1,passkey=0.45,text=0.45")
+add("--gap-warmup", type=int, default=0, help="passkey windows: the key-to-question gap grows from 20 tokens to the "
+    "whole window over the first N steps (default: %(default)s)")
 add("--global-batch", type=int, default=64, help="sequences per optimizer step, all ranks (default: %(default)s)")
 add("--micro-batch", type=int, default=1, help="sequences per forward pass per rank (default: %(default)s)")
 add("--max-steps", type=int, default=1000, help="optimizer steps (default: %(default)s)")
@@ -58,6 +66,7 @@ add("--min-lr", type=float, default=0.0, help="learning rate at the last step (d
 add("--warmup", type=int, default=10, help="linear warm-up steps (default: %(default)s)")
 add("--decay", choices=["linear", "cosine"], default="linear", help="decay after warm-up (default: %(default)s)")
 add("--weight-decay", type=float, default=0.0, help="AdamW weight decay (default: %(default)s)")
+add("--beta2", type=float, default=0.999, help="AdamW beta2 (0.95 for pretraining from scratch; default: %(default)s)")
 add("--grad-clip", type=float, default=1.0, help="clip the gradient norm to this; 0 = off (default: %(default)s)")
 add("--ac", action=argparse.BooleanOptionalAction, default=True, help="activation checkpointing per block (default: on)")
 add("--shard", choices=["auto", "ddp", "zero1", "fsdp"], default="auto",
@@ -85,7 +94,8 @@ world_size, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RAN
 local_rank, local_world = int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
 master_process = rank == 0
 seq_len = args.target_len if args.method == "full" else args.train_len
-if args.target_len <= args.train_len:
+eval_len = args.train_len if args.method == "plain" else args.target_len
+if args.target_len <= args.train_len and args.method != "plain":
     parser.error(f"--target-len {args.target_len} must be greater than --train-len {args.train_len}: PoSE extends the window")
 if not 1 <= args.num_chunks <= args.train_len:
     parser.error(f"--num-chunks must be in 1..{args.train_len}, got {args.num_chunks}")
@@ -101,6 +111,14 @@ if not os.path.isfile(args.data + ".bin"):
 ckpt_path = os.path.join(args.out_dir, "ckpt.pt")
 if args.resume and not os.path.isfile(ckpt_path):
     parser.error(f"--resume: {ckpt_path} not found (is --out-dir right?)")
+try:
+    from tasks import parse_mix  # numpy only
+    mixes = {0: parse_mix(args.mix)}
+    if args.mix_from:
+        switch, _, late = args.mix_from.partition(":")
+        mixes[int(switch)] = parse_mix(late)
+except ValueError as e:
+    parser.error(f"--mix / --mix-from {args.mix_from or ''}: {e}")
 if args.config and args.config != "tiny" and not os.path.isfile(args.config):
     parser.error(f"--config {args.config}: no such file (use 'tiny' or a config.json path)")
 
@@ -114,8 +132,9 @@ from torch.nn.parallel import DistributedDataParallel as DDP  # noqa: E402
 
 from load_hf_weights import load_config, load_model, save_model, with_rope  # noqa: E402
 from model import Llama, LlamaConfig  # noqa: E402
-from pose_sampler import sample_full_length, sample_pose, sample_randpos  # noqa: E402
+from pose_sampler import sample_clex, sample_full_length, sample_pose, sample_randpos  # noqa: E402
 from prepare_data import TokenDocs  # noqa: E402
+from tasks import PasskeyWindows, copy_window  # noqa: E402
 
 
 def print0(*a, **k):
@@ -132,14 +151,17 @@ if device == "cpu" and dtype_name == "fp16":
 amp_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype_name]
 data = TokenDocs(args.data)
 min_len = args.target_len if args.method == "full" else args.train_len
-eval_ids = np.flatnonzero(data.lengths >= args.target_len)[-args.eval_docs:] if args.eval_every and args.eval_docs else []
+eval_ids = np.flatnonzero(data.lengths >= eval_len)[-args.eval_docs:] if args.eval_every and args.eval_docs else []
 train_ids = np.setdiff1d(np.flatnonzero(data.lengths >= min_len), eval_ids)  # held out: never trained on
 if args.eval_every and len(eval_ids) < max(args.eval_docs, world_size):
-    sys.exit(f"error: the eval loss needs {max(args.eval_docs, world_size)} documents of >= {args.target_len} tokens, found "
+    sys.exit(f"error: the eval loss needs {max(args.eval_docs, world_size)} documents of >= {eval_len} tokens, found "
              f"{len(eval_ids)}: prepare longer documents, lower --eval-docs, or pass --eval-every 0")
 if len(train_ids) == 0:
     sys.exit(f"error: {args.data} has no training document of >= {min_len} tokens (after holding out {len(eval_ids)} for eval)")
-print0(f"data: {len(train_ids):,} training documents of >= {min_len} tokens, {len(eval_ids)} held out for eval at {args.target_len}")
+print0(f"data: {len(train_ids):,} training documents of >= {min_len} tokens, {len(eval_ids)} held out for eval at {eval_len}")
+if any("passkey" in mix for mix in mixes.values()):  # passkey windows are built with the data's own tokenizer
+    from tokenizer import load_tokenizer
+    passkey_window = PasskeyWindows(load_tokenizer(data.meta["tokenizer"]))
 if args.init_from:
     config = load_config(args.init_from)
 else:
@@ -150,8 +172,10 @@ else:
 if data.vocab_size > config.vocab_size:
     parser.error(f"{args.data} was tokenized with a vocabulary of {data.vocab_size}, the model has {config.vocab_size}")
 # the window we train in is the "original" one: factor = Lt / Lc, max_position_embeddings = Lt (as PoSE does)
-rope = {"rope_type": "default" if args.rope == "none" else args.rope, "factor": args.target_len / args.train_len,
-        "original_max_position_embeddings": args.train_len}
+rope = {"rope_type": "default" if args.rope == "none" or args.method == "plain" else args.rope,
+        "factor": args.target_len / args.train_len, "original_max_position_embeddings": args.train_len}
+if args.method == "clex":  # its frequencies come from a learned ODE (rope.py); fresh parameters when the checkpoint has none
+    rope = {"rope_type": "clex", "max_factor": math.ceil(args.target_len / args.train_len), "original_max_position_embeddings": args.train_len}
 config = with_rope(config, rope)
 with torch.device("meta"):
     n_params = sum(p.numel() for p in Llama(config).parameters())
@@ -202,22 +226,49 @@ if ddp:
     dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
 
 
+def clex_factor(step):
+    """CLEX: the scaling factor t ~ U{1..max_factor} of a whole step (one ODE solve per forward)."""
+    return int(np.random.default_rng([args.seed, step, 0]).integers(1, rope["max_factor"] + 1))
+
+
 def get_example(e):
-    """Example e of the whole run, identical for any number of ranks and after a resume."""
+    """Example e of the whole run, identical for any number of ranks and after a resume:
+    (input_ids, position_ids, labels), each of seq_len entries."""
     rng = np.random.default_rng([args.seed, e])
-    doc = data[train_ids[rng.integers(len(train_ids))]]
-    doc = np.asarray(doc[:max(5 * args.train_len, min_len)], dtype=np.int64)  # official code: documents cut to 5 Lc
-    if args.method == "full":
-        return sample_full_length(doc, args.target_len, rng=rng)
+    step = e // args.global_batch
+    mix = mixes[max(s for s in mixes if s <= step)]
+    task = next(iter(mix)) if len(mix) == 1 else rng.choice(list(mix), p=list(mix.values()))
+    if task == "text":
+        doc = data[train_ids[rng.integers(len(train_ids))]]
+        doc = np.asarray(doc[:max(5 * args.train_len, min_len)], dtype=np.int64)  # official code: documents cut to 5 Lc
+        if args.method in ("full", "plain"):
+            x, pos = sample_full_length(doc, seq_len, rng=rng)
+        elif args.method == "randpos":
+            x, pos = sample_randpos(doc, args.train_len, args.target_len, rng=rng)
+        elif args.method == "clex":
+            x, pos = sample_clex(doc, args.train_len, clex_factor(step), args.train_len, rng=rng)
+        else:
+            x, pos = sample_pose(doc, args.train_len, args.target_len, args.num_chunks, rng=rng)
+        return x, pos, x
+    if task == "copy":
+        x, labels = copy_window(rng, seq_len, data.vocab_size)
+    else:
+        gap = seq_len * min(1, (step + 1) / args.gap_warmup) if args.gap_warmup else seq_len
+        x, labels = passkey_window(rng, seq_len, max(gap, 20))
+    x, labels = torch.from_numpy(x), torch.from_numpy(labels)
+    if args.method == "pose":  # the window's content stays whole (key and question inside); positions skip
+        return x, sample_pose(x, args.train_len, args.target_len, args.num_chunks, rng=rng, contiguous_content=True)[1], labels
     if args.method == "randpos":
-        return sample_randpos(doc, args.train_len, args.target_len, rng=rng)
-    return sample_pose(doc, args.train_len, args.target_len, args.num_chunks, rng=rng)
+        return x, sample_randpos(x, args.train_len, args.target_len, rng=rng)[1], labels
+    if args.method == "clex":
+        return x, sample_clex(x, args.train_len, clex_factor(step), args.train_len, rng=rng)[1], labels
+    return x, torch.arange(seq_len), labels
 
 
 def get_batch(step, micro_step):
     first = step * args.global_batch + (rank * grad_accum + micro_step) * args.micro_batch
-    x, pos = zip(*(get_example(e) for e in range(first, first + args.micro_batch)))
-    return torch.stack(x).to(device), torch.stack(pos).to(device)  # (B, T), (B, T)
+    x, pos, labels = zip(*(get_example(e) for e in range(first, first + args.micro_batch)))
+    return torch.stack(x).to(device), torch.stack(pos).to(device), torch.stack(labels).to(device)  # (B, T) each
 
 
 if args.init_from:
@@ -237,8 +288,9 @@ if shard == "fsdp":
 else:
     model.to(device, torch.float32)
     if ddp:
-        model = DDP(model, device_ids=[local_rank] if device.startswith("cuda") else None, gradient_as_bucket_view=True)
-opt_kw = dict(lr=args.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=args.weight_decay)
+        model = DDP(model, device_ids=[local_rank] if device.startswith("cuda") else None, gradient_as_bucket_view=True,
+                    find_unused_parameters=args.method == "clex")  # CLEX at t = 1 is plain RoPE: its ODE gets no gradient
+opt_kw = dict(lr=args.lr, betas=(0.9, args.beta2), eps=1e-8, weight_decay=args.weight_decay)
 if shard == "zero1":  # each rank keeps the AdamW moments of its 1/world_size of the parameters
     from torch.distributed.optim import ZeroRedundancyOptimizer  # here: importing it warns about torch.jit
     optimizer = ZeroRedundancyOptimizer(raw_model.parameters(), optimizer_class=torch.optim.AdamW, **opt_kw)
@@ -284,8 +336,9 @@ if master_process:
 if args.resume:
     ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)  # every rank reads it; mmap: no copy
     same = ("method", "train_len", "target_len", "num_chunks", "rope", "global_batch", "max_steps", "lr", "min_lr", "warmup",
-            "decay", "weight_decay", "seed", "data")
-    changed = [f"--{k.replace('_', '-')} {ckpt['args'][k]} -> {getattr(args, k)}" for k in same if ckpt["args"][k] != getattr(args, k)]
+            "decay", "weight_decay", "seed", "data", "mix", "mix_from", "gap_warmup")
+    changed = [f"--{k.replace('_', '-')} {ckpt['args'].get(k)} -> {getattr(args, k)}" for k in same
+               if ckpt["args"].get(k, parser.get_default(k)) != getattr(args, k)]
     if changed:
         sys.exit(f"error: --resume with settings that change the run: {', '.join(changed)}; use the checkpoint's or a new --out-dir")
     if shard == "fsdp":
@@ -309,11 +362,11 @@ elif master_process and os.path.exists(log):
 
 @torch.no_grad()
 def evaluate():
-    """Mean next-token loss on full windows of Lt tokens (positions 0..Lt-1) of the held-out documents."""
+    """Mean next-token loss on full windows of Lt tokens (plain: Lc; positions 0..) of the held-out documents."""
     model.eval()
     nll, count = torch.zeros((), device=device), torch.zeros((), device=device)
     for i in eval_ids[rank:len(eval_ids) // world_size * world_size:world_size]:  # same count on every rank (FSDP)
-        x = torch.as_tensor(np.asarray(data[i][:args.target_len], dtype=np.int64), device=device)[None]
+        x = torch.as_tensor(np.asarray(data[i][:eval_len], dtype=np.int64), device=device)[None]
         with autocast:
             nll += (model if shard == "fsdp" else raw_model)(x, labels=x, reduction="sum").float()
         count += x.numel() - 1
@@ -333,13 +386,13 @@ def write_log(record):
 # ----------------------------------------------------------------------------- training loop
 step, last_step, times = start_step, False, []
 tokens_per_step = args.global_batch * seq_len
-print0(f"{args.method} training, {args.train_len} -> {args.target_len} tokens, rope {args.rope}, "
+print0(f"{args.method} training, {args.train_len} -> {eval_len} tokens, rope {rope['rope_type']}, mix {args.mix}, "
        f"{tokens_per_step:,} tokens per step, steps {start_step} -> {args.max_steps}")
 while True:
     last_step = step == args.max_steps or step == args.stop_after
     if args.eval_every and (step % args.eval_every == 0 or last_step) and not (args.resume and step == start_step):
         eval_loss = evaluate()
-        print0(f"step {step} | eval loss at {args.target_len} tokens {eval_loss:.4f}")
+        print0(f"step {step} | eval loss at {eval_len} tokens {eval_loss:.4f}")
         write_log(dict(step=step, eval_loss=eval_loss))
     if step > start_step and (step % args.ckpt_every == 0 or last_step):
         save_checkpoint(step)
@@ -355,9 +408,10 @@ while True:
         if ddp and shard != "fsdp":  # all-reduce only on the last micro-step: what no_sync() toggles (as nanoGPT)
             model.require_backward_grad_sync = micro_step == grad_accum - 1
         # FSDP reduce-scatters every micro-step: skipping it would keep full unsharded fp32 grads on every rank
-        x, pos = get_batch(step, micro_step)
+        x, pos, labels = get_batch(step, micro_step)
         with autocast:
-            loss = model(x, position_ids=pos, labels=x) / grad_accum  # labels are the inputs, shifted inside
+            clex = dict(scale_t=clex_factor(step)) if args.method == "clex" else {}
+            loss = model(x, position_ids=pos, labels=labels, **clex) / grad_accum  # labels: the inputs (-100: unscored), shifted inside
         loss_sum += loss.detach()
         (scaler.scale(loss) if scaler else loss).backward()
     if scaler:

@@ -136,7 +136,7 @@ def test_unknown_rope_type_lists_known():
     cfg = SimpleNamespace(head_dim=64, rope_theta=1e4, max_position_embeddings=2048, rope_scaling={"rope_type": "magic"})
     with pytest.raises(ValueError, match="unknown rope_type 'magic'; known: default, linear, ntk"):
         rope_from_config(cfg)
-    assert len(ROPE_TYPES) == 8
+    assert len(ROPE_TYPES) == 9
 
 
 def test_longrope_factor_count_checked():

@@ -158,11 +158,25 @@ def test_ac_flag_same_losses(files, single):
     assert_same(losses(out), losses(single), tol=1e-6)
 
 
-@pytest.mark.parametrize("method", ["full", "randpos"])
+@pytest.mark.parametrize("method", ["full", "randpos", "clex", "plain"])
 def test_baselines_run(files, method):
     out = files / method
     assert run(*common(files, **{"max-steps": 3, "eval-every": 0}), "--method", method, "--out-dir", out) is None
     assert len(losses(out)) == 3
+
+
+def test_clex_trains_its_ode_and_saves_it(files):
+    """--method clex: the ODE's W_down leaves zero (gradients flow through the solver), the saved
+    folder says clex with max_factor Lt/Lc, loads back, and a resumed run equals an uninterrupted one."""
+    out, cut = files / "clex-full", files / "clex-cut"
+    argv = [*common(files, **{"max-steps": 6, "eval-every": 0, "ckpt-every": 3}), "--method", "clex"]
+    assert run(*argv, "--out-dir", out) is None
+    model = load_model(out / "hf")
+    assert model.config.rope_scaling["rope_type"] == "clex" and model.config.rope_scaling["max_factor"] == 4
+    assert model.clex_layer.proj_func.ode_down_proj.abs().sum() > 0
+    assert run(*argv, "--out-dir", cut, "--stop-after", 3) is None
+    assert run(*argv, "--out-dir", cut, "--resume") is None
+    assert_same(losses(cut), losses(out), tol=1e-6)
 
 
 def test_torchrun_ddp_equals_single_process(files, single):

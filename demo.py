@@ -1,0 +1,174 @@
+"""
+The PoSE story at toy scale, end to end on a CPU with the project's own tools (`make demo`, ~20 min):
+
+  1. data      the public-domain corpus in data/ (train/ and held-out heldout/), tokenised with the
+               shipped 2,000-piece SentencePiece model (prepare_data.py)
+  2. base      a 0.8M-parameter LLaMA pretrained from scratch at Lc = 128 tokens with plain RoPE
+               (train.py --method plain): copy and passkey windows first, text mixed in later,
+               because retrieval never switches on from text alone (REFERENCE.md section 8)
+  3. extend    to Lt = 4 Lc = 512 tokens, each way from the same base and with the same steps and
+               sequences per step: no fine-tuning (plain RoPE; linear and YaRN interpolation alone),
+               PoSE at Lc with linear and with YaRN, full-length fine-tuning at Lt, and CLEX (a learned
+               continuous scaling, trained at Lc with factors 1..Lt/Lc) (train.py)
+  4. measure   passkey accuracy and held-out perplexity at Lc .. 2 Lt (eval_passkey.py, eval_ppl.py),
+               and the time and peak memory of one fine-tuning step (train.py's log)
+  5. report    a table, results/demo.json, results/demo_passkey.png and results/demo_ppl.png
+
+    python demo.py                      # the whole demo
+    python demo.py --quick --work-dir /tmp/d --out /tmp/d/demo.json   # a 1-minute smoke run (tests)
+    python demo.py --reuse              # keep models already trained in --work-dir, redo the rest
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+LC, LT = 128, 512
+BASE = dict(steps=900, lr=3e-3, warmup=50, batch=32)  # from scratch; copy+passkey until step 400, then text too
+FINE_TUNE = dict(steps=200, lr=1e-3, warmup=20, batch=16)  # every extension: same steps, same sequences per step
+# name -> (how the model was made, --rope/--factor at evaluation for the training-free ones)
+VARIANTS = {
+    "base (plain RoPE)": ("base", None),
+    "linear, no fine-tuning": ("base", "linear"),
+    "yarn, no fine-tuning": ("base", "yarn"),
+    "PoSE linear": ("pose-linear", None),
+    "PoSE yarn": ("pose-yarn", None),
+    "full-length linear": ("full-linear", None),
+    "full-length yarn": ("full-yarn", None),
+    "CLEX": ("clex", None),
+}
+
+parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+parser.add_argument("--work-dir", default="out/demo", help="models, logs and token files (default: %(default)s)")
+parser.add_argument("--out", default="results/demo.json", help="results JSON; the PNGs go beside it (default: %(default)s)")
+parser.add_argument("--trials", type=int, default=200, help="passkey trials per length (default: %(default)s)")
+parser.add_argument("--lengths", type=int, nargs="+", default=[128, 256, 384, 512, 768, 1024],
+                    help="evaluation lengths in tokens (default: Lc .. 2 Lt)")
+parser.add_argument("--threads", type=int, default=min(os.cpu_count() or 1, 4), help="torch threads (default: %(default)s)")
+parser.add_argument("--seed", type=int, default=1337, help="the base's initialisation and every run's data (default: %(default)s)")
+parser.add_argument("--reuse", action="store_true", help="skip training runs whose model is already in --work-dir")
+parser.add_argument("--quick", action="store_true", help="a smoke run: a few steps and trials (for tests; meaningless numbers)")
+args = parser.parse_args()
+if args.quick:
+    BASE.update(steps=30, warmup=5)
+    FINE_TUNE.update(steps=3, warmup=1, batch=4)
+    args.trials, args.lengths = min(args.trials, 3), [128, 256]
+work = Path(args.work_dir)
+env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), PYTHONUNBUFFERED="1")
+
+
+def run(name, cmd):
+    """Run one of the project's scripts, its output into <work>/logs/NAME.log; a live status line."""
+    log = work / "logs" / f"{name}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    t0, last = time.time(), 0.0
+    with open(log, "w") as f:
+        proc = subprocess.Popen([sys.executable, *map(str, cmd)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        for line in proc.stdout:
+            f.write(line)
+            if sys.stdout.isatty():
+                print(f"\r  {name}: {line.strip()[:110]:<110}", end="", flush=True)
+            elif time.time() - last > 30:
+                print(f"  {name}: {line.strip()}", flush=True)
+                last = time.time()
+    if proc.wait():
+        sys.exit(f"\nerror: {' '.join(map(str, cmd))} failed (exit {proc.returncode}); see {log}")
+    print(f"\r  {name}: done in {time.time() - t0:.0f} s (log: {log})".ljust(124), flush=True)
+
+
+def train(name, method, rope, init_from, steps, lr, warmup, batch, extra=()):
+    out = work / name
+    if args.reuse and (out / "hf" / "config.json").exists():
+        print(f"  {name}: reusing {out}/hf")
+        return out
+    cmd = ["train.py", "--data", work / "data/train", "--out-dir", out, "--method", method, "--rope", rope,
+           "--train-len", LC, "--target-len", LT, "--max-steps", steps, "--global-batch", batch, "--micro-batch", batch,
+           "--lr", lr, "--min-lr", lr / 10, "--warmup", warmup, "--decay", "cosine", "--weight-decay", 0.1, "--beta2", 0.95,
+           "--no-ac", "--dtype", "fp32", "--device", "cpu", "--eval-every", 0, "--ckpt-every", steps, "--seed", args.seed, *extra]
+    run(name, cmd + (["--init-from", init_from] if init_from else ["--config", "data/demo_model.json"]))
+    return out
+
+
+def step_cost(out):
+    """Median step time after the first 3 steps and peak RSS, from train.py's log.jsonl."""
+    steps = [json.loads(line) for line in open(out / "log.jsonl")]
+    times = sorted(s["step_time"] for s in steps if "step_time" in s and s["step"] > 3) or [steps[-1]["step_time"]]
+    return dict(step_time_s=times[len(times) // 2], peak_rss_gb=max(s.get("peak_mem_gb", 0) for s in steps), steps=len(times))
+
+
+def evaluate(name, model, rope):
+    scaling = ["--rope", rope, "--factor", LT // LC] if rope else []
+    common = ["--model", model / "hf", "--len", *args.lengths, "--threads", args.threads, *scaling]
+    pk, ppl = work / "eval" / f"{name}.passkey.json", work / "eval" / f"{name}.ppl.json"
+    run(f"eval {name}: passkey", ["eval_passkey.py", *common, "--trials", args.trials, "--out", pk])
+    run(f"eval {name}: ppl", ["eval_ppl.py", *common, "--data", "data/heldout", "--mode", "sliding", "--out", ppl])
+    passkey = {r["length"]: r["accuracy"] for r in json.load(open(pk))["results"]}
+    return {L: dict(passkey=passkey[L], ppl=r["ppl"]) for r in json.load(open(ppl))["results"] for L in [r["length"]]}
+
+
+t_start = time.time()
+print(f"1/4 data: tokenising data/train and data/heldout into {work}/data")
+for part in ("train", "heldout"):
+    run(f"data {part}", ["prepare_data.py", "--tokenizer", "data/tokenizer.model", "--out", work / "data" / part,
+                         "--min-tokens", LC, f"data/{part}"])
+print(f"2/4 base: pretraining at Lc = {LC} tokens, {BASE['steps']} steps x {BASE['batch']} windows")
+switch = BASE["steps"] * 4 // 9  # step 400 of 900: text joins once retrieval has switched on
+base = train("base", "plain", "none", None, BASE["steps"], BASE["lr"], BASE["warmup"], BASE["batch"],
+             ["--mix", "copy=0.5,passkey=0.5", "--mix-from", f"{switch}:copy=0.1,passkey=0.45,text=0.45",
+              "--gap-warmup", BASE["steps"] * 2 // 3])
+print(f"3/4 extension to Lt = {LT}: {FINE_TUNE['steps']} steps x {FINE_TUNE['batch']} sequences each")
+models = {"base": base}
+for made in ("pose-linear", "pose-yarn", "full-linear", "full-yarn", "clex"):
+    method, rope = (made + "-none").split("-")[:2]
+    models[made] = train(made, method, rope, base / "hf", FINE_TUNE["steps"], FINE_TUNE["lr"], FINE_TUNE["warmup"],
+                         FINE_TUNE["batch"], ["--mix", "copy=0.1,passkey=0.45,text=0.45"])
+print(f"4/4 evaluation at {', '.join(map(str, args.lengths))} tokens: {args.trials} passkey trials per length, "
+      f"perplexity on data/heldout")
+results, costs = [], {made: step_cost(out) for made, out in models.items()}
+for name, (made, rope) in VARIANTS.items():
+    for L, r in evaluate(made if not rope else f"{made}-{rope}", models[made], rope).items():
+        results.append(dict(variant=name, length=L, **r))
+
+# ----------------------------------------------------------------------------- report
+print(f"\npasskey accuracy / held-out perplexity (Lc = {LC}, Lt = {LT}; {args.trials} trials per length)")
+print(f"{'variant':<24}" + "".join(f"{L:>14}" for L in args.lengths))
+for name in VARIANTS:
+    row = {r["length"]: r for r in results if r["variant"] == name}
+    print(f"{name:<24}" + "".join(f"{row[L]['passkey']:>7.2f} {row[L]['ppl']:>6.1f}" for L in args.lengths))
+pose, full = costs["pose-yarn"]["step_time_s"], costs["full-yarn"]["step_time_s"]
+print(f"\nfine-tuning step ({FINE_TUNE['batch']} sequences): PoSE {pose:.3f} s at {LC} tokens, full-length {full:.3f} s "
+      f"at {LT} tokens ({full / pose:.1f}x); peak RSS PoSE {costs['pose-yarn']['peak_rss_gb']:.2f} GB, "
+      f"full {costs['full-yarn']['peak_rss_gb']:.2f} GB; whole demo {(time.time() - t_start) / 60:.1f} min")
+settings = dict(train_len=LC, target_len=LT, base=BASE, fine_tune=FINE_TUNE, trials=args.trials, lengths=args.lengths,
+                threads=args.threads, seed=args.seed, quick=args.quick, model="data/demo_model.json",
+                tokenizer="data/tokenizer.model", ppl_data="data/heldout (sliding, non-overlapping windows)")
+out = Path(args.out)
+out.parent.mkdir(parents=True, exist_ok=True)
+out.write_text(json.dumps(dict(settings=settings, results=results, step_costs=costs,
+                               wall_minutes=round((time.time() - t_start) / 60, 2)), indent=1) + "\n")
+print(f"wrote {out}")
+try:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+except ImportError:
+    print("matplotlib is not installed: no plots (pip install matplotlib)")
+    sys.exit(0)
+for metric, label in (("passkey", "passkey accuracy"), ("ppl", "held-out perplexity")):
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name in VARIANTS:
+        rows = [r for r in results if r["variant"] == name]
+        ax.plot([r["length"] for r in rows], [r[metric] for r in rows], marker="o", label=name,
+                linestyle="-" if "PoSE" in name else "--" if "full" in name else ":")
+    for x, text in ((LC, "Lc"), (LT, "Lt")):
+        ax.axvline(x, color="grey", lw=0.8)
+        ax.text(x, 1.02, text, transform=ax.get_xaxis_transform(), ha="center")
+    ax.set(xlabel="tokens", ylabel=label, yscale="log" if metric == "ppl" else "linear")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    png = out.with_name(f"{out.stem}_{metric}.png")
+    fig.savefig(png, dpi=110)
+    print(f"wrote {png}")
