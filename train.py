@@ -240,7 +240,12 @@ def get_example(e):
     task = next(iter(mix)) if len(mix) == 1 else rng.choice(list(mix), p=list(mix.values()))
     if task == "text":
         doc = data[train_ids[rng.integers(len(train_ids))]]
-        doc = np.asarray(doc[:max(5 * args.train_len, min_len)], dtype=np.int64)  # official code: documents cut to 5 Lc
+        # The official code cuts each document to its first 5 Lc tokens (PoSE's content skips stay within them).
+        # We take a random 5 Lc span instead: with a few long documents (the demo's plays) the first spans
+        # would be all the text a run ever sees. Plain and full-length windows may start anywhere.
+        span = len(doc) if args.method in ("full", "plain") else max(5 * args.train_len, min_len)
+        begin = int(rng.integers(len(doc) - min(span, len(doc)) + 1))
+        doc = np.asarray(doc[begin:begin + span], dtype=np.int64)
         if args.method in ("full", "plain"):
             x, pos = sample_full_length(doc, seq_len, rng=rng)
         elif args.method == "randpos":

@@ -179,6 +179,27 @@ def test_clex_trains_its_ode_and_saves_it(files):
     assert_same(losses(cut), losses(out), tol=1e-6)
 
 
+@pytest.mark.parametrize("method", ["pose", "plain", "full"])
+def test_text_windows_come_from_anywhere_in_a_document(tmp_path, method):
+    """One 1,000-token document (token id = offset): windows reach its end, not only its first 5 Lc
+    tokens (the official code's cut, which would leave a corpus of a few long texts mostly unseen)."""
+    write_token_file([list(range(1000))], tmp_path / "one", vocab_size=1000, min_tokens=32)
+    (tmp_path / "cfg.json").write_text(json.dumps(TINY))
+    old, sys.argv = sys.argv, ["train.py", *map(str, common(tmp_path, **{"data": tmp_path / "one", "max-steps": 0,
+                                                                         "eval-every": 0})), "--method", method,
+                               "--out-dir", str(tmp_path / "out")]
+    try:
+        get_example = runpy.run_path(TRAIN, run_name="__main__")["get_example"]
+    finally:
+        sys.argv = old
+    windows = [get_example(e) for e in range(200)]
+    assert max(int(x.max()) for x, _, _ in windows) > 900 and min(int(x.min()) for x, _, _ in windows) < 100
+    for x, pos, labels in windows:
+        assert (labels == x).all() and len(x) == (128 if method == "full" else 32)
+        if method == "pose":  # content skips stay inside a 5 Lc span, positions inside Lt
+            assert int(x.max() - x.min()) < 5 * 32 and int(pos.max()) < 128
+
+
 def test_torchrun_ddp_equals_single_process(files, single):
     """2 ranks x 2 micro-steps x 2 sequences == 1 rank x 4 micro-steps x 2 sequences."""
     out = files / "ddp"
