@@ -48,7 +48,8 @@ parser.add_argument("--out", default="results/demo.json", help="results JSON; th
 parser.add_argument("--trials", type=int, default=200, help="passkey trials per length (default: %(default)s)")
 parser.add_argument("--lengths", type=int, nargs="+", default=[128, 256, 384, 512, 768, 1024],
                     help="evaluation lengths in tokens (default: Lc .. 2 Lt)")
-parser.add_argument("--threads", type=int, default=min(os.cpu_count() or 1, 4), help="torch threads (default: %(default)s)")
+parser.add_argument("--threads", type=int, default=1, help="torch threads of each training run; a second process evaluates "
+                    "the models already trained meanwhile, with one thread (default: %(default)s: fastest on 2 cores)")
 parser.add_argument("--seed", type=int, default=1337, help="the base's initialisation and every run's data (default: %(default)s)")
 parser.add_argument("--reuse", action="store_true", help="skip training runs whose model is already in --work-dir")
 parser.add_argument("--quick", action="store_true", help="a smoke run: a few steps and trials (for tests; meaningless numbers)")
@@ -58,6 +59,11 @@ if args.quick:
     FINE_TUNE.update(steps=3, warmup=1, batch=4)
     args.trials, args.lengths = min(args.trials, 3), [128, 256]
 work = Path(args.work_dir)
+ppl_data = "data/heldout"
+if args.quick:  # perplexity on a 20k-character excerpt only
+    ppl_data = work / "heldout-excerpt.txt"
+    ppl_data.parent.mkdir(parents=True, exist_ok=True)
+    ppl_data.write_text(Path("data/heldout/macbeth.txt").read_text()[:20000])
 
 
 def run(name, cmd, threads=args.threads, live=True):
@@ -100,18 +106,19 @@ def step_cost(out):
     return dict(step_time_s=times[len(times) // 2], peak_rss_gb=max(s.get("peak_mem_gb", 0) for s in steps), steps=len(times))
 
 
-def evaluate(name, model, rope):
-    """Passkey accuracy and held-out PPL per length. A model this small is bound by Python overhead, not
-    by matrix products: both evaluations run at once, one thread each."""
+def evaluate(name, made, rope):
+    """Passkey accuracy and held-out PPL per length of one variant, one thread (a model this small is
+    bound by Python overhead, not by matrix products): [{variant, length, passkey, ppl}]."""
     scaling = ["--rope", rope, "--factor", LT // LC] if rope else []
-    common = ["--model", model / "hf", "--len", *args.lengths, "--threads", 1, *scaling]
-    pk, ppl = work / "eval" / f"{name}.passkey.json", work / "eval" / f"{name}.ppl.json"
-    jobs = [(f"eval {name} passkey", ["eval_passkey.py", *common, "--trials", args.trials, "--out", pk]),
-            (f"eval {name} ppl", ["eval_ppl.py", *common, "--data", "data/heldout", "--mode", "sliding", "--out", ppl])]
-    with ThreadPoolExecutor(max(1, min(2, args.threads))) as pool:
-        list(pool.map(lambda job: run(*job, threads=1, live=False), jobs))
+    common = ["--model", work / made / "hf", "--len", *args.lengths, "--threads", 1, *scaling]
+    tag = made + (f"-{rope}" if rope else "")
+    pk, ppl = work / "eval" / f"{tag}.passkey.json", work / "eval" / f"{tag}.ppl.json"
+    run(f"eval {tag} passkey", ["eval_passkey.py", *common, "--trials", args.trials, "--out", pk], threads=1, live=False)
+    run(f"eval {tag} ppl", ["eval_ppl.py", *common, "--data", ppl_data, "--mode", "sliding", "--out", ppl],
+        threads=1, live=False)
     passkey = {r["length"]: r["accuracy"] for r in json.load(open(pk))["results"]}
-    return {L: dict(passkey=passkey[L], ppl=r["ppl"]) for r in json.load(open(ppl))["results"] for L in [r["length"]]}
+    return [dict(variant=name, length=r["length"], passkey=passkey[r["length"]], ppl=r["ppl"])
+            for r in json.load(open(ppl))["results"]]
 
 
 t_start = time.time()
@@ -124,18 +131,25 @@ switch = BASE["steps"] * 4 // 9  # step 400 of 900: text joins once retrieval ha
 base = train("base", "plain", "none", None, BASE["steps"], BASE["lr"], BASE["warmup"], BASE["batch"],
              ["--mix", "copy=0.5,passkey=0.5", "--mix-from", f"{switch}:copy=0.1,passkey=0.45,text=0.45",
               "--gap-warmup", BASE["steps"] * 2 // 3])
-print(f"3/4 extension to Lt = {LT}: {FINE_TUNE['steps']} steps x {FINE_TUNE['batch']} sequences each")
-models = {"base": base}
+print(f"3/4 extension to Lt = {LT}: {FINE_TUNE['steps']} steps x {FINE_TUNE['batch']} sequences each; meanwhile "
+      f"4/4 evaluation of each model at {', '.join(map(str, args.lengths))} tokens ({args.trials} passkey trials per "
+      f"length, perplexity on data/heldout) in a second process")
+evaluations = ThreadPoolExecutor(2 if args.quick else 1)  # the second core: evaluates each model as soon as it exists
+
+
+def evaluate_all(made):
+    return [evaluations.submit(evaluate, name, m, rope) for name, (m, rope) in VARIANTS.items() if m == made]
+
+
+pending, models = evaluate_all("base"), {"base": base}
 for made in ("pose-linear", "pose-yarn", "full-linear", "full-yarn", "clex"):
     method, rope = (made + "-none").split("-")[:2]
     models[made] = train(made, method, rope, base / "hf", FINE_TUNE["steps"], FINE_TUNE["lr"], FINE_TUNE["warmup"],
                          FINE_TUNE["batch"], ["--mix", "copy=0.1,passkey=0.45,text=0.45"])
-print(f"4/4 evaluation at {', '.join(map(str, args.lengths))} tokens: {args.trials} passkey trials per length, "
-      f"perplexity on data/heldout")
-results, costs = [], {made: step_cost(out) for made, out in models.items()}
-for name, (made, rope) in VARIANTS.items():
-    for L, r in evaluate(made if not rope else f"{made}-{rope}", models[made], rope).items():
-        results.append(dict(variant=name, length=L, **r))
+    pending += evaluate_all(made)
+results = [r for job in pending for r in job.result()]  # in VARIANTS order per model; re-sorted below
+results.sort(key=lambda r: (list(VARIANTS).index(r["variant"]), r["length"]))
+costs = {made: step_cost(out) for made, out in models.items()}
 
 # ----------------------------------------------------------------------------- report
 print(f"\npasskey accuracy / held-out perplexity (Lc = {LC}, Lt = {LT}; {args.trials} trials per length)")
@@ -149,7 +163,7 @@ print(f"\nfine-tuning step ({FINE_TUNE['batch']} sequences): PoSE {pose:.3f} s a
       f"full {costs['full-yarn']['peak_rss_gb']:.2f} GB; whole demo {(time.time() - t_start) / 60:.1f} min")
 settings = dict(train_len=LC, target_len=LT, base=BASE, fine_tune=FINE_TUNE, trials=args.trials, lengths=args.lengths,
                 threads=args.threads, seed=args.seed, quick=args.quick, model="data/demo_model.json",
-                tokenizer="data/tokenizer.model", ppl_data="data/heldout (sliding, non-overlapping windows)")
+                tokenizer="data/tokenizer.model", ppl_data=f"{ppl_data} (sliding windows, stride L/2)")
 out = Path(args.out)
 out.parent.mkdir(parents=True, exist_ok=True)
 out.write_text(json.dumps(dict(settings=settings, results=results, step_costs=costs,
