@@ -276,11 +276,11 @@ def get_batch(step, micro_step):
     return torch.stack(x).to(device), torch.stack(pos).to(device), torch.stack(labels).to(device)  # (B, T) each
 
 
+torch.manual_seed(args.seed)  # a fresh model, or CLEX's new ODE weights on a checkpoint without them
 if args.init_from:
     # loaded in the checkpoint's own dtype (memory-mapped: free) and cast to fp32 below, block by block for FSDP
     model = load_model(args.init_from, dtype=getattr(torch, config.torch_dtype, torch.float32), rope=rope)
 else:
-    torch.manual_seed(args.seed)
     model = Llama(config)
     model.init_weights()
 model.activation_checkpointing = args.ac

@@ -200,6 +200,14 @@ def test_text_windows_come_from_anywhere_in_a_document(tmp_path, method):
             assert int(x.max() - x.min()) < 5 * 32 and int(pos.max()) < 128
 
 
+def test_clex_from_a_checkpoint_repeats_exactly(files, single):
+    """Switching a plain checkpoint to CLEX creates the ODE's weights from --seed: two runs, equal losses."""
+    argv = [*common(files, **{"max-steps": 4, "eval-every": 0, "config": None}), "--init-from", single / "hf", "--method", "clex"]
+    for out in ("clex-a", "clex-b"):
+        assert run(*argv, "--out-dir", files / out) is None
+    assert losses(files / "clex-a") == losses(files / "clex-b")
+
+
 def test_torchrun_ddp_equals_single_process(files, single):
     """2 ranks x 2 micro-steps x 2 sequences == 1 rank x 4 micro-steps x 2 sequences."""
     out = files / "ddp"
