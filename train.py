@@ -231,6 +231,18 @@ def clex_factor(step):
     return int(np.random.default_rng([args.seed, step, 0]).integers(1, rope["max_factor"] + 1))
 
 
+def sample(doc, step, rng, whole=False):
+    """(input_ids, position_ids) of one training window of `doc` by --method. whole=True: a synthetic
+    window of exactly seq_len tokens, whose content PoSE keeps in one piece (key and question inside)."""
+    if args.method in ("full", "plain"):
+        return sample_full_length(doc, seq_len, rng=rng)
+    if args.method == "randpos":
+        return sample_randpos(doc, args.train_len, args.target_len, rng=rng)
+    if args.method == "clex":
+        return sample_clex(doc, args.train_len, clex_factor(step), args.train_len, rng=rng)
+    return sample_pose(doc, args.train_len, args.target_len, args.num_chunks, rng=rng, contiguous_content=whole)
+
+
 def get_example(e):
     """Example e of the whole run, identical for any number of ranks and after a resume:
     (input_ids, position_ids, labels), each of seq_len entries."""
@@ -245,29 +257,15 @@ def get_example(e):
         # would be all the text a run ever sees. Plain and full-length windows may start anywhere.
         span = len(doc) if args.method in ("full", "plain") else max(5 * args.train_len, min_len)
         begin = int(rng.integers(len(doc) - min(span, len(doc)) + 1))
-        doc = np.asarray(doc[begin:begin + span], dtype=np.int64)
-        if args.method in ("full", "plain"):
-            x, pos = sample_full_length(doc, seq_len, rng=rng)
-        elif args.method == "randpos":
-            x, pos = sample_randpos(doc, args.train_len, args.target_len, rng=rng)
-        elif args.method == "clex":
-            x, pos = sample_clex(doc, args.train_len, clex_factor(step), args.train_len, rng=rng)
-        else:
-            x, pos = sample_pose(doc, args.train_len, args.target_len, args.num_chunks, rng=rng)
+        x, pos = sample(np.asarray(doc[begin:begin + span], dtype=np.int64), step, rng)
         return x, pos, x
     if task == "copy":
         x, labels = copy_window(rng, seq_len, data.vocab_size)
     else:
         gap = seq_len * min(1, (step + 1) / args.gap_warmup) if args.gap_warmup else seq_len
         x, labels = passkey_window(rng, seq_len, max(gap, 20))
-    x, labels = torch.from_numpy(x), torch.from_numpy(labels)
-    if args.method == "pose":  # the window's content stays whole (key and question inside); positions skip
-        return x, sample_pose(x, args.train_len, args.target_len, args.num_chunks, rng=rng, contiguous_content=True)[1], labels
-    if args.method == "randpos":
-        return x, sample_randpos(x, args.train_len, args.target_len, rng=rng)[1], labels
-    if args.method == "clex":
-        return x, sample_clex(x, args.train_len, clex_factor(step), args.train_len, rng=rng)[1], labels
-    return x, torch.arange(seq_len), labels
+    x, pos = sample(torch.from_numpy(x), step, rng, whole=True)
+    return x, pos, torch.from_numpy(labels)
 
 
 def get_batch(step, micro_step):
