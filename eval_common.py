@@ -1,5 +1,6 @@
 """Command-line pieces shared by eval_passkey.py and eval_ppl.py: lengths, model loading, JSON, PNG."""
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -50,11 +51,16 @@ def add_common_args(parser, lengths):
     add("--out", help="write a JSON file here (default: none)")
 
 
-def write_json(args, settings, results, **extra):
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+def write_json(args, settings, results, quiet=False, **extra):
+    """args.out <- {"settings", "results", **extra}; written to a temporary file and renamed (never half a file)."""
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
     settings = {k: v for k, v in vars(args).items() if k != "out"} | settings
-    Path(args.out).write_text(json.dumps({"settings": settings, "results": results, **extra}, indent=1))
-    print(f"wrote {args.out}")
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps({"settings": settings, "results": results, **extra}, indent=1))
+    os.replace(tmp, out)
+    if not quiet:
+        print(f"wrote {out}")
 
 
 def pyplot():

@@ -76,12 +76,14 @@ def greedy(model, ids, cache, start, max_new_tokens, eos_id):
     return out
 
 
-def run_length(model, tok, length, depths, keys, max_new_tokens=10, share=True, log=None):
-    """One trial per (depth, key) at `length` tokens; returns a record per trial."""
-    trials = sorted(({"depth": float(d), "key": int(k), "ids": build_prompt(tok, length, d, k)} for d, k in zip(depths, keys)),
-                    key=lambda t: -t["depth"])  # deepest key first: the next prompt shares the longest prefix
+def run_length(model, tok, length, depths, keys, max_new_tokens=10, share=True, log=None, known=None):
+    """One trial per (depth, key) at `length` tokens; returns a record per trial. known: {(depth, key): record}
+    of trials already run with the same settings (--reuse), taken as they are."""
+    known = known or {}
+    trials = sorted(({"depth": float(d), "key": int(k), "ids": build_prompt(tok, length, d, k)} for d, k in zip(depths, keys)
+                     if (float(d), int(k)) not in known), key=lambda t: -t["depth"])  # deepest key first: longest shared prefix
     p = next(model.parameters())
-    cache = KVCache(model.config, 1, max(len(t["ids"]) for t in trials) + max_new_tokens, p.device, p.dtype)
+    cache = KVCache(model.config, 1, max(len(t["ids"]) for t in trials) + max_new_tokens, p.device, p.dtype) if trials else None
     length_dependent = (model.config.rope_scaling or {}).get("rope_type") in ("dynamic", "longrope")
     prev = []
     for i, t in enumerate(trials):
@@ -96,7 +98,7 @@ def run_length(model, tok, length, depths, keys, max_new_tokens=10, share=True, 
         prev = ids
         if log:
             log(i, t)
-    return trials
+    return [known[(float(d), int(k))] for d, k in zip(depths, keys) if (float(d), int(k)) in known] + trials
 
 
 def main(argv=None):
@@ -108,8 +110,22 @@ def main(argv=None):
     add("--depths", type=float, nargs="+", help="a grid of key depths in [0, 1] (default: uniform random depth)")
     add("--seed", type=int, default=0, help="keys and depths at length L come from seed (SEED, L) (default: %(default)s)")
     add("--max-new-tokens", type=int, default=10, help="greedy tokens generated (default: %(default)s)")
+    add("--reuse", nargs="+", default=[], help="JSON of earlier runs with the same model, rope, factor, dtype, seed and "
+        "--max-new-tokens: their trials are taken, only the missing ones run (e.g. more --trials; default: none)")
     args = parser.parse_args(argv)
     lengths = parse_lengths(args.len)
+    known = {}  # (length, depth, key) -> trial record
+    for f in args.reuse:
+        try:
+            old = json.loads(Path(f).read_text())
+        except (OSError, ValueError) as e:
+            parser.error(f"--reuse {f}: {e}")
+        before = old.get("settings", {})
+        differ = [f"{k} {before.get(k)!r}" for k in ("model", "rope", "factor", "dtype", "seed", "max_new_tokens")
+                  if before.get(k) != getattr(args, k)]
+        if differ:
+            parser.error(f"--reuse {f}: its {', '.join(differ)} differ from this run's")
+        known |= {(t["length"], t["depth"], t["key"]): {k: v for k, v in t.items() if k != "length"} for t in old.get("trials", [])}
     if len(args.trials) not in (1, len(lengths)):
         parser.error(f"--trials: one number or one per length ({len(lengths)}), got {len(args.trials)}")
     n_trials = dict(zip(lengths, args.trials * len(lengths) if len(args.trials) == 1 else args.trials))
@@ -131,7 +147,8 @@ def main(argv=None):
             print(f"L={L} trial {i + 1}/{len(depths)} depth {t['depth']:.2f} key {t['key']} -> {t['output']!r} "
                   f"{'ok' if t['correct'] else 'MISS'} ({t['seconds']:.1f} s, ETA {eta / 60:.1f} min)", flush=True)
         try:
-            trials = run_length(model, tok, L, depths, keys, args.max_new_tokens, log=log)
+            reused = {(d, k): t for (length, d, k), t in known.items() if length == L}
+            trials = run_length(model, tok, L, depths, keys, args.max_new_tokens, log=log, known=reused)
         except ValueError as e:
             parser.error(str(e))
         done += work(L)
@@ -141,6 +158,8 @@ def main(argv=None):
                     if (ts := [t for t in trials if min(cells, key=lambda c: abs(c - t["depth"])) == c])]
         results.append({"length": L, "accuracy": acc(trials), "trials": len(trials), "by_depth": by_depth,
                         "prompt_tokens": [min(t["prompt_tokens"] for t in trials), max(t["prompt_tokens"] for t in trials)]})
+        if args.out and L != lengths[-1]:  # the lengths done so far, so a stopped run keeps them (and --reuse resumes it)
+            write_json(args, {"lengths": lengths, "tokenizer": str(tok.path), "complete": False}, results, trials=records, quiet=True)
     print(f"\npasskey retrieval, {args.model}, rope {args.rope or 'of the checkpoint'} (factor {args.factor}), "
           f"{(time.perf_counter() - t_start) / 60:.1f} min")
     print(f"{'length':>7} | {'accuracy':>8} | {'trials':>6} | by depth " + " ".join(f"{c:>5g}" for c in cells))
@@ -148,7 +167,7 @@ def main(argv=None):
         by = {d["depth"]: f"{d['accuracy']:.2f}" for d in r["by_depth"]}
         print(f"{r['length']:>7} | {r['accuracy']:>8.2f} | {r['trials']:>6} |          " + " ".join(f"{by.get(c, '-'):>5}" for c in cells))
     if args.out:
-        write_json(args, {"lengths": lengths, "tokenizer": str(tok.path)}, results, trials=records)
+        write_json(args, {"lengths": lengths, "tokenizer": str(tok.path), "complete": True}, results, trials=records)
         grid = [[next((d["accuracy"] for d in r["by_depth"] if d["depth"] == c), np.nan) for r in results] for c in cells]
         if plt := pyplot():
             fig, ax = plt.subplots(figsize=(1.5 + 0.9 * len(results), 1.2 + 0.45 * len(cells)))

@@ -51,6 +51,8 @@ add("--method", choices=["pose", "full", "randpos", "clex", "plain"], default="p
     "ignored); plain: positions 0..Lc-1, no scaling (pretraining)")
 add("--train-len", type=int, default=2048, help="Lc: tokens per training window (default: %(default)s)")
 add("--target-len", type=int, default=16384, help="Lt: context window to extend to (default: %(default)s)")
+add("--orig-len", type=int, help="L0, the window the checkpoint was pretrained with: the RoPE factor is Lt / L0 (default: the "
+    "checkpoint's original_max_position_embeddings or max_position_embeddings; --train-len for a fresh model)")
 add("--num-chunks", type=int, default=2, help="PoSE chunks per window (default: %(default)s)")
 add("--rope", default="linear", choices=["none", "linear", "ntk", "yarn", "yarn_original", "dynamic"],
     help="RoPE scaling, factor Lt/Lc (yarn = PoSE's revised YaRN; default: %(default)s)")
@@ -171,9 +173,14 @@ else:
     config = LlamaConfig.from_hf({"model_type": "llama", **hf}, source=args.config)
 if data.vocab_size > config.vocab_size:
     parser.error(f"{args.data} was tokenized with a vocabulary of {data.vocab_size}, the model has {config.vocab_size}")
-# the window we train in is the "original" one: factor = Lt / Lc, max_position_embeddings = Lt (as PoSE does)
+# The factor stretches the checkpoint's own window L0 to Lt; max_position_embeddings becomes Lt (as PoSE does).
+# In the paper L0 = Lc (LLaMA 2k, trained at 2k); a model pretrained at 8k may be fine-tuned at 1k: still s = Lt / 8k.
+orig_len = args.orig_len or ((config.rope_scaling or {}).get("original_max_position_embeddings", config.max_position_embeddings)
+                             if args.init_from else args.train_len)
+if args.rope != "none" and args.method not in ("plain", "clex") and args.target_len <= orig_len:
+    parser.error(f"--target-len {args.target_len} must be greater than the checkpoint's window {orig_len} (--orig-len) to scale RoPE")
 rope = {"rope_type": "default" if args.rope == "none" or args.method == "plain" else args.rope,
-        "factor": args.target_len / args.train_len, "original_max_position_embeddings": args.train_len}
+        "factor": args.target_len / orig_len, "original_max_position_embeddings": orig_len}
 if args.method == "clex":  # its frequencies come from a learned ODE (rope.py); fresh parameters when the checkpoint has none
     rope = {"rope_type": "clex", "max_factor": math.ceil(args.target_len / args.train_len), "original_max_position_embeddings": args.train_len}
 config = with_rope(config, rope)
@@ -338,7 +345,7 @@ if master_process:
     os.makedirs(args.out_dir, exist_ok=True)
 if args.resume:
     ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)  # every rank reads it; mmap: no copy
-    same = ("method", "train_len", "target_len", "num_chunks", "rope", "global_batch", "max_steps", "lr", "min_lr", "warmup",
+    same = ("method", "train_len", "target_len", "orig_len", "num_chunks", "rope", "global_batch", "max_steps", "lr", "min_lr", "warmup",
             "decay", "weight_decay", "seed", "data", "mix", "mix_from", "gap_warmup")
     changed = [f"--{k.replace('_', '-')} {ckpt['args'].get(k)} -> {getattr(args, k)}" for k in same
                if ckpt["args"].get(k, parser.get_default(k)) != getattr(args, k)]
@@ -389,7 +396,8 @@ def write_log(record):
 # ----------------------------------------------------------------------------- training loop
 step, last_step, times = start_step, False, []
 tokens_per_step = args.global_batch * seq_len
-print0(f"{args.method} training, {args.train_len} -> {eval_len} tokens, rope {rope['rope_type']}, mix {args.mix}, "
+print0(f"{args.method} training, {args.train_len} -> {eval_len} tokens, rope {rope['rope_type']} "
+       f"(factor {rope.get('factor', rope.get('max_factor'))}, L0 {rope['original_max_position_embeddings']}), mix {args.mix}, "
        f"{tokens_per_step:,} tokens per step, steps {start_step} -> {args.max_steps}")
 while True:
     last_step = step == args.max_steps or step == args.stop_after

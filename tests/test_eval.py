@@ -185,6 +185,24 @@ def test_passkey_cli(tiny_dir, tmp_path, capsys):
     assert "accuracy" in capsys.readouterr().out
 
 
+def test_passkey_reuse_runs_only_missing_trials(tiny_dir, tmp_path, capsys):
+    """--reuse: a 2-trial run extended to 4 trials runs 2 more, and equals a fresh 4-trial run."""
+    a, b, fresh = tmp_path / "a.json", tmp_path / "b.json", tmp_path / "fresh.json"
+    base = ["--model", str(tiny_dir), "--len", "400", "--max-new-tokens", "3"]
+    eval_passkey.main([*base, "--trials", "2", "--out", str(a)])
+    capsys.readouterr()
+    eval_passkey.main([*base, "--trials", "4", "--reuse", str(a), "--out", str(b)])
+    assert capsys.readouterr().out.count("L=400 trial") == 2  # only the two new trials ran
+    eval_passkey.main([*base, "--trials", "4", "--out", str(fresh)])
+    assert json.loads(fresh.read_text())["settings"]["complete"] is True
+    key = lambda f: sorted((t["depth"], t["key"], t["output"]) for t in json.loads(f.read_text())["trials"])
+    assert key(b) == key(fresh) and len(key(b)) == 4
+    with pytest.raises(SystemExit):
+        eval_passkey.main([*base, "--trials", "4", "--seed", "1", "--reuse", str(a)])
+    err = capsys.readouterr().err
+    assert f"--reuse {a}: its seed 0 differ" in err
+
+
 def test_ppl_cli(tiny_dir, tmp_path):
     (tmp_path / "a.txt").write_text("Once upon a time. " * 30)
     (tmp_path / "b.jsonl").write_text(json.dumps({"text": "short"}) + "\n" + json.dumps({"text": "x y z " * 50}) + "\n")
@@ -215,3 +233,23 @@ def test_bad_input(tiny_dir, tmp_path, capsys, script, argv, message):
     with pytest.raises(SystemExit) as e:
         script.main(argv)
     assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_passkey_stopped_run_keeps_finished_lengths(tiny_dir, tmp_path, monkeypatch, capsys):
+    """Stopped during its second length, a run's JSON holds the first (complete: false); --reuse it to go on."""
+    out, real = tmp_path / "pk.json", eval_passkey.run_length
+    def stop_at_700(model, tok, length, *a, **k):
+        if length == 700:
+            raise KeyboardInterrupt
+        return real(model, tok, length, *a, **k)
+    monkeypatch.setattr(eval_passkey, "run_length", stop_at_700)
+    argv = ["--model", str(tiny_dir), "--len", "400", "700", "--trials", "2", "--max-new-tokens", "2"]
+    with pytest.raises(KeyboardInterrupt):
+        eval_passkey.main([*argv, "--out", str(out)])
+    partial = json.loads(out.read_text())
+    assert partial["settings"]["complete"] is False and [r["length"] for r in partial["results"]] == [400]
+    monkeypatch.setattr(eval_passkey, "run_length", real)
+    capsys.readouterr()
+    eval_passkey.main([*argv, "--reuse", str(out), "--out", str(out)])
+    assert capsys.readouterr().out.count(" trial ") == 2  # only the two at 700 ran
+    assert [r["length"] for r in json.loads(out.read_text())["results"]] == [400, 700]

@@ -1,5 +1,6 @@
 """The real SmolLM2-135M checkpoint (GQA 9/3 heads, head_dim 64, tied, rope_theta 1e5): ours vs transformers."""
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -43,3 +44,25 @@ def test_yarn_export_of_real_model_loads_in_transformers(smollm2_dir, alice_ids,
         a = ours(ids, pos)
         b = hf(ids, position_ids=pos, attention_mask=torch.ones_like(ids)).logits
     assert (a - b).abs().max().item() < 1e-3, (a - b).abs().max().item()
+
+
+def test_pose_finetuned_export_of_real_model_matches_transformers(smollm2_dir, alice_ids, tmp_path):
+    """train.py on the real checkpoint (one PoSE step, Lc = 64 -> Lt = 16k, yarn: s = 16k / 8k = 2), its final HF
+    folder read by stock transformers: the same logits at PoSE positions past the native 8k window."""
+    import subprocess
+    import sys
+
+    from prepare_data import write_token_file
+    from scripts.check_export import compare
+    write_token_file([alice_ids[0].tolist()], tmp_path / "alice", vocab_size=49152, min_tokens=64)
+    out = tmp_path / "pose"
+    argv = ["--init-from", smollm2_dir, "--data", tmp_path / "alice", "--train-len", 64, "--target-len", 16384, "--rope", "yarn",
+            "--global-batch", 1, "--max-steps", 1, "--lr", 1e-4, "--eval-every", 0, "--no-ac", "--out-dir", out]
+    repo = Path(__file__).resolve().parents[1]
+    p = subprocess.run([sys.executable, repo / "train.py", *map(str, argv)], capture_output=True, text=True, timeout=600, cwd=repo)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    assert "rope yarn (factor 2.0, L0 8192)" in p.stdout
+    pos = torch.cat([torch.arange(512), torch.arange(15872, 16384)])[None]  # two chunks, the last position is Lt - 1
+    r = compare(out / "hf", alice_ids[:, :1024], pos, keep=1024)
+    assert r["max_abs_diff"] < 1e-3 and r["argmax_agree"] == 1.0, r
+    assert r["rope_scaling_for_transformers"]["rope_type"] == "longrope"

@@ -208,6 +208,31 @@ def test_clex_from_a_checkpoint_repeats_exactly(files, single):
     assert losses(files / "clex-a") == losses(files / "clex-b")
 
 
+@pytest.mark.parametrize("orig_len, factor", [(None, 4.0), (32, 8.0)])
+def test_rope_factor_stretches_the_checkpoints_window(files, tmp_path, orig_len, factor):
+    """A checkpoint pretrained at 64 tokens, fine-tuned at Lc = 32 to Lt = 256: s = Lt / 64 = 4 (SmolLM2 8k at 1k -> 16k
+    is s = 2, not 16), unless --orig-len says otherwise; the saved folder carries L0 and max_position_embeddings = Lt."""
+    from load_hf_weights import save_model
+    base = Llama(LlamaConfig.from_hf({"model_type": "llama", "vocab_size": 64, "max_position_embeddings": 64, **TINY}))
+    base.init_weights()
+    save_model(base, tmp_path / "base")
+    argv = [*common(files, **{"max-steps": 1, "eval-every": 0, "config": None, "target-len": 256, "orig-len": orig_len}),
+            "--init-from", tmp_path / "base", "--rope", "yarn", "--out-dir", tmp_path / "out"]
+    assert run(*argv) is None
+    cfg = json.loads((tmp_path / "out/hf/config.json").read_text())
+    assert cfg["max_position_embeddings"] == 256
+    rope = cfg["pose_nano_rope_scaling"]
+    assert (rope["rope_type"], rope["factor"], rope["original_max_position_embeddings"]) == ("yarn", factor, orig_len or 64)
+
+
+def test_target_must_exceed_the_checkpoints_window(files, tmp_path, capsys):
+    from load_hf_weights import save_model
+    base = Llama(LlamaConfig.from_hf({"model_type": "llama", "vocab_size": 64, "max_position_embeddings": 128, **TINY}))
+    save_model(base, tmp_path / "base")
+    assert run(*common(files, **{"config": None}), "--init-from", tmp_path / "base", "--out-dir", tmp_path / "out") == 2
+    assert "--target-len 128 must be greater than the checkpoint's window 128 (--orig-len)" in capsys.readouterr().err
+
+
 def test_torchrun_ddp_equals_single_process(files, single):
     """2 ranks x 2 micro-steps x 2 sequences == 1 rank x 4 micro-steps x 2 sequences."""
     out = files / "ddp"
