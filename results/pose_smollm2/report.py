@@ -65,20 +65,20 @@ except ImportError:
     print("matplotlib not installed: no PNG")
 else:
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
-    for v in VARIANTS:
-        name = VARIANTS[v].replace("**", "")
+    for color, v in enumerate(VARIANTS):  # one colour per variant in both panels
+        name, style = VARIANTS[v].replace("**", ""), dict(marker="o", color=f"C{color}")
         if v in passkey:
             pts = sorted(passkey[v].items())
-            a.plot([L for L, _ in pts], [r["accuracy"] for _, r in pts], marker="o", label=name)
+            a.plot([L for L, _ in pts], [r["accuracy"] for _, r in pts], label=name, **style)
         if v in ppl:
             pts = sorted(ppl[v].items())
-            b.plot([L for L, _ in pts], [r["ppl"] for _, r in pts], marker="o", label=name)
+            b.plot([L for L, _ in pts], [r["ppl"] for _, r in pts], label=name, **style)
     for ax in (a, b):
         ax.axvline(8192, color="grey", ls=":", lw=1)
         ax.set_xlabel("tokens (dotted: the native 8k window)")
     a.set(ylabel="passkey accuracy", ylim=(-0.05, 1.05), title="SmolLM2-135M: passkey retrieval")
     b.set(ylabel="perplexity (first L tokens, token-weighted)", yscale="log", title="perplexity, three held-out plays")
-    b.legend(fontsize=8)
+    a.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(HERE / "pose_smollm2.png", dpi=120)
     print(f"\nwrote {HERE / 'pose_smollm2.png'}")
