@@ -79,9 +79,9 @@ def greedy(model, ids, cache, start, max_new_tokens, eos_id):
 def run_length(model, tok, length, depths, keys, max_new_tokens=10, share=True, log=None, known=None):
     """One trial per (depth, key) at `length` tokens; returns a record per trial. known: {(depth, key): record}
     of trials already run with the same settings (--reuse), taken as they are."""
-    known = known or {}
-    trials = sorted(({"depth": float(d), "key": int(k), "ids": build_prompt(tok, length, d, k)} for d, k in zip(depths, keys)
-                     if (float(d), int(k)) not in known), key=lambda t: -t["depth"])  # deepest key first: longest shared prefix
+    known, pairs = known or {}, [(float(d), int(k)) for d, k in zip(depths, keys)]
+    trials = sorted(({"depth": d, "key": k, "ids": build_prompt(tok, length, d, k)} for d, k in pairs if (d, k) not in known),
+                    key=lambda t: -t["depth"])  # deepest key first: the next prompt shares the longest prefix
     p = next(model.parameters())
     cache = KVCache(model.config, 1, max(len(t["ids"]) for t in trials) + max_new_tokens, p.device, p.dtype) if trials else None
     length_dependent = (model.config.rope_scaling or {}).get("rope_type") in ("dynamic", "longrope")
@@ -98,7 +98,7 @@ def run_length(model, tok, length, depths, keys, max_new_tokens=10, share=True, 
         prev = ids
         if log:
             log(i, t)
-    return [known[(float(d), int(k))] for d, k in zip(depths, keys) if (float(d), int(k)) in known] + trials
+    return [known[pair] for pair in pairs if pair in known] + trials
 
 
 def main(argv=None):
@@ -158,8 +158,9 @@ def main(argv=None):
                     if (ts := [t for t in trials if min(cells, key=lambda c: abs(c - t["depth"])) == c])]
         results.append({"length": L, "accuracy": acc(trials), "trials": len(trials), "by_depth": by_depth,
                         "prompt_tokens": [min(t["prompt_tokens"] for t in trials), max(t["prompt_tokens"] for t in trials)]})
-        if args.out and L != lengths[-1]:  # the lengths done so far, so a stopped run keeps them (and --reuse resumes it)
-            write_json(args, {"lengths": lengths, "tokenizer": str(tok.path), "complete": False}, results, trials=records, quiet=True)
+        if args.out:  # after every length, so that a stopped run keeps the lengths it finished (and --reuse resumes it)
+            write_json(args, {"lengths": lengths, "tokenizer": str(tok.path), "complete": L == lengths[-1]}, results,
+                       trials=records, quiet=L != lengths[-1])
     print(f"\npasskey retrieval, {args.model}, rope {args.rope or 'of the checkpoint'} (factor {args.factor}), "
           f"{(time.perf_counter() - t_start) / 60:.1f} min")
     print(f"{'length':>7} | {'accuracy':>8} | {'trials':>6} | by depth " + " ".join(f"{c:>5g}" for c in cells))
@@ -167,7 +168,6 @@ def main(argv=None):
         by = {d["depth"]: f"{d['accuracy']:.2f}" for d in r["by_depth"]}
         print(f"{r['length']:>7} | {r['accuracy']:>8.2f} | {r['trials']:>6} |          " + " ".join(f"{by.get(c, '-'):>5}" for c in cells))
     if args.out:
-        write_json(args, {"lengths": lengths, "tokenizer": str(tok.path), "complete": True}, results, trials=records)
         grid = [[next((d["accuracy"] for d in r["by_depth"] if d["depth"] == c), np.nan) for r in results] for c in cells]
         if plt := pyplot():
             fig, ax = plt.subplots(figsize=(1.5 + 0.9 * len(results), 1.2 + 0.45 * len(cells)))

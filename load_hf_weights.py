@@ -49,7 +49,7 @@ def with_rope(config, rope):
     kind = rope.pop("type", None) or rope.get("rope_type") or "default"
     if kind not in ROPE_TYPES:
         raise ValueError(f"unknown rope_type {kind!r}; known: {', '.join(ROPE_TYPES)}")
-    original = (config.rope_scaling or {}).get("original_max_position_embeddings", config.max_position_embeddings)
+    original = config.original_len
     if kind == "default":
         config.rope_scaling, config.max_position_embeddings = None, original
         return config
@@ -143,7 +143,7 @@ def to_hf_config(config, dtype, hf_compatible=False):
     if kind == "clex" and hf_compatible:
         raise ValueError("clex: stock transformers cannot load a CLEX model (its RoPE is learned); "
                          "save without hf_compatible and load it with load_model")
-    L0 = rs.get("original_max_position_embeddings", config.max_position_embeddings)
+    L0 = config.original_len
     if kind == "ntk":
         rope, theta = None, theta * s ** (d / (d - 2))
     elif kind == "yarn":

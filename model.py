@@ -58,6 +58,12 @@ class LlamaConfig:
         if kind == "clex":
             check_clex(self.rope_scaling)
 
+    @property
+    def original_len(self):
+        """L0, the window the model was pretrained with: rope_scaling's original_max_position_embeddings
+        (a scaled checkpoint's max_position_embeddings is already the extended window), else max_position_embeddings."""
+        return (self.rope_scaling or {}).get("original_max_position_embeddings", self.max_position_embeddings)
+
     @classmethod
     def from_hf(cls, hf: dict, source="config.json"):
         """Build from a Hugging Face config.json dict. transformers names RoPE scaling
@@ -117,8 +123,7 @@ class Attention(nn.Module):
         self.sliding_window = config.sliding_window
         rs = config.rope_scaling or {}
         # CLEX's optional log scaling of queries, q * ln(S) / ln(L0) for S keys (off in the paper's LLaMA runs)
-        self.log_scale_len = rs.get("original_max_position_embeddings", config.max_position_embeddings) \
-            if rs.get("rope_type") == "clex" and rs.get("log_scale") else None
+        self.log_scale_len = config.original_len if rs.get("rope_type") == "clex" and rs.get("log_scale") else None
         C, bias = config.hidden_size, config.attention_bias
         self.q_proj = nn.Linear(C, self.n_head * self.head_dim, bias=bias)
         self.k_proj = nn.Linear(C, self.n_kv_head * self.head_dim, bias=bias)

@@ -55,7 +55,7 @@ add("--orig-len", type=int, help="L0, the window the checkpoint was pretrained w
     "checkpoint's original_max_position_embeddings or max_position_embeddings; --train-len for a fresh model)")
 add("--num-chunks", type=int, default=2, help="PoSE chunks per window (default: %(default)s)")
 add("--rope", default="linear", choices=["none", "linear", "ntk", "yarn", "yarn_original", "dynamic"],
-    help="RoPE scaling, factor Lt/Lc (yarn = PoSE's revised YaRN; default: %(default)s)")
+    help="RoPE scaling, factor Lt/L0 (see --orig-len; yarn = PoSE's revised YaRN; default: %(default)s)")
 add("--mix", default="text=1", help="window sources, TASK=WEIGHT,... of text, copy, passkey (see tasks.py; default: %(default)s)")
 add("--mix-from", help="STEP:MIX: switch to another --mix from that step on, e.g. 400:copy=0.1,passkey=0.45,text=0.45")
 add("--gap-warmup", type=int, default=0, help="passkey windows: the key-to-question gap grows from 20 tokens to the "
@@ -175,8 +175,7 @@ if data.vocab_size > config.vocab_size:
     parser.error(f"{args.data} was tokenized with a vocabulary of {data.vocab_size}, the model has {config.vocab_size}")
 # The factor stretches the checkpoint's own window L0 to Lt; max_position_embeddings becomes Lt (as PoSE does).
 # In the paper L0 = Lc (LLaMA 2k, trained at 2k); a model pretrained at 8k may be fine-tuned at 1k: still s = Lt / 8k.
-orig_len = args.orig_len or ((config.rope_scaling or {}).get("original_max_position_embeddings", config.max_position_embeddings)
-                             if args.init_from else args.train_len)
+orig_len = args.orig_len or (config.original_len if args.init_from else args.train_len)
 if args.rope != "none" and args.method not in ("plain", "clex") and args.target_len <= orig_len:
     parser.error(f"--target-len {args.target_len} must be greater than the checkpoint's window {orig_len} (--orig-len) to scale RoPE")
 rope = {"rope_type": "default" if args.rope == "none" or args.method == "plain" else args.rope,
