@@ -1,10 +1,12 @@
 """Command-line pieces shared by eval_passkey.py and eval_ppl.py: lengths, model loading, JSON, PNG."""
+import argparse
 import json
 import os
 from pathlib import Path
 
 import torch
 
+from device import DTYPES, compile_blocks, pick_compile, pick_device, pick_dtype
 from load_hf_weights import load_model
 from tokenizer import load_tokenizer
 
@@ -34,9 +36,21 @@ def load(parser, args):
     rope = None if args.rope is None else {"rope_type": args.rope, "factor": args.factor}
     if args.threads:
         torch.set_num_threads(args.threads)
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
-    model = load_model(path, dtype=dtype, device=args.device, rope=rope).eval()
+    model = load_model(path, dtype=DTYPES[args.dtype], device=args.device, rope=rope).eval()
+    if args.compile:
+        compile_blocks(model)
     return model, load_tokenizer(path)
+
+
+def resolve_device_args(parser, args):
+    """--device / --dtype / --compile 'auto' -> what this machine gives (train.py's rule, device.py), in place,
+    so that the JSON's settings and --reuse see what ran."""
+    try:
+        args.device = pick_device(args.device)
+        args.dtype = pick_dtype(args.dtype, args.device)
+        args.compile = pick_compile(args.compile, args.device)
+    except ValueError as e:
+        parser.error(str(e))
 
 
 def add_common_args(parser, lengths):
@@ -45,8 +59,11 @@ def add_common_args(parser, lengths):
     add("--len", nargs="+", default=lengths, help="lengths in tokens: 4096 16k 2k:16k:2k (default: %(default)s)")
     add("--rope", choices=ROPES, help="override the checkpoint's RoPE scaling, training-free (default: the checkpoint's own)")
     add("--factor", type=float, help="scaling factor for --rope (default: none)")
-    add("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32", help="weights and activations (default: %(default)s)")
-    add("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="(default: %(default)s)")
+    add("--dtype", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
+        help="weights and activations; auto: bf16 on CUDA (fp16 where unsupported), fp32 on CPU (default: %(default)s)")
+    add("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: cuda if available, else cpu (default: %(default)s)")
+    add("--compile", action=argparse.BooleanOptionalAction, default=None,
+        help="torch.compile each block (default: on for CUDA, off on CPU)")
     add("--threads", type=int, default=0, help="torch CPU threads; 0 = torch's default (default: %(default)s)")
     add("--out", help="write a JSON file here (default: none)")
 

@@ -12,8 +12,11 @@ Prompt length: the most whole filler repeats that fit, so L - (tokens of one fil
 (SmolLM2: one filler = 24 tokens). The key sits after round(depth * n) of the n repeats.
 Trials run deepest key first: consecutive prompts then share the intro and the filler before the
 key, and only the rest is prefilled (the cache keeps the shared keys/values). That is exact (causal
-attention) and saves ~40% of the compute; dynamic NTK, whose RoPE depends on the input length,
-shares only between prompts of equal length. Repeatable: trials at L draw from seed (--seed, L).
+attention) and saves the shared prefix's share of the compute: the new tokens attend to the cached
+ones without a mask (model.cached_prefill_attention), never slower than a fresh prefill
+(bench/bench_eval.py). Dynamic NTK, whose RoPE depends on the input length, shares only between
+prompts of equal length. Long prompts are prefilled in 4k pieces with a progress line.
+Repeatable: trials at L draw from seed (--seed, L).
 """
 import argparse
 import json
@@ -25,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from eval_common import add_common_args, load, parse_lengths, pyplot, save_png, write_json
+from eval_common import add_common_args, load, parse_lengths, pyplot, resolve_device_args, save_png, write_json
 from model import KVCache
 
 INTRO = ("There is an important info hidden inside a lot of irrelevant text. Find it and memorize them. "
@@ -63,10 +66,18 @@ def first_int(text):
 
 
 @torch.no_grad()
-def greedy(model, ids, cache, start, max_new_tokens, eos_id):
-    """Greedy continuation of `ids`, whose first `start` tokens are already in `cache`."""
+def greedy(model, ids, cache, start, max_new_tokens, eos_id, piece=None, progress=None):
+    """Greedy continuation of `ids`, whose first `start` tokens are already in `cache`. piece: prefill in pieces
+    of that many tokens, calling progress(tokens done, tokens to do) after each (a 32k prefill on a CPU takes
+    minutes; a piece after cached tokens costs what it would inside one pass: model.cached_prefill_attention)."""
     cache.length = start  # the cache's keys/values after the shared prefix get overwritten
-    out, x = [], torch.tensor([ids[start:]], device=cache.k[0].device)
+    device = cache.k[0].device
+    if piece:
+        for begin in range(start, len(ids) - piece, piece):  # the last piece (> 0 tokens) is the first step below
+            model(torch.tensor([ids[begin:begin + piece]], device=device), kv_cache=cache, logits_to_keep=1)
+            if progress:
+                progress(begin + piece - start, len(ids) - start)
+    out, x = [], torch.tensor([ids[cache.length:]], device=device)
     for _ in range(max_new_tokens):
         nxt = model(x, kv_cache=cache, logits_to_keep=1)[0, -1].argmax()
         if nxt.item() == eos_id:
@@ -76,9 +87,10 @@ def greedy(model, ids, cache, start, max_new_tokens, eos_id):
     return out
 
 
-def run_length(model, tok, length, depths, keys, max_new_tokens=10, share=True, log=None, known=None):
+def run_length(model, tok, length, depths, keys, max_new_tokens=10, share=True, log=None, known=None, piece=4096):
     """One trial per (depth, key) at `length` tokens; returns a record per trial. known: {(depth, key): record}
-    of trials already run with the same settings (--reuse), taken as they are."""
+    of trials already run with the same settings (--reuse), taken as they are. Prompts of over 2 pieces are
+    prefilled piece by piece with a progress line (except for length-dependent RoPE: one pass)."""
     known, pairs = known or {}, [(float(d), int(k)) for d, k in zip(depths, keys)]
     trials = sorted(({"depth": d, "key": k, "ids": build_prompt(tok, length, d, k)} for d, k in pairs if (d, k) not in known),
                     key=lambda t: -t["depth"])  # deepest key first: the next prompt shares the longest prefix
@@ -92,7 +104,10 @@ def run_length(model, tok, length, depths, keys, max_new_tokens=10, share=True, 
         if share and not (length_dependent and len(ids) != len(prev)):
             while shared < min(len(ids) - 1, len(prev)) and ids[shared] == prev[shared]:
                 shared += 1
-        text = tok.decode(greedy(model, ids, cache, shared, max_new_tokens, tok.eos_id))
+        long = piece and not length_dependent and len(ids) - shared > 2 * piece
+        progress = lambda done, todo: print(f"  prefill {done}/{todo} tokens, {done / (time.perf_counter() - t0):.0f} tok/s, "
+                                            f"{(todo - done) * (time.perf_counter() - t0) / done / 60:.1f} min left", flush=True)
+        text = tok.decode(greedy(model, ids, cache, shared, max_new_tokens, tok.eos_id, piece if long else None, progress))
         t.update(output=text, correct=first_int(text) == t["key"], prompt_tokens=len(ids), prefilled=len(ids) - shared,
                  seconds=round(time.perf_counter() - t0, 2))
         prev = ids
@@ -113,6 +128,7 @@ def main(argv=None):
     add("--reuse", nargs="+", default=[], help="JSON of earlier runs with the same model, rope, factor, dtype, seed and "
         "--max-new-tokens: their trials are taken, only the missing ones run (e.g. more --trials; default: none)")
     args = parser.parse_args(argv)
+    resolve_device_args(parser, args)
     lengths = parse_lengths(args.len)
     known = {}  # (length, depth, key) -> trial record
     for f in args.reuse:

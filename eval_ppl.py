@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from eval_common import add_common_args, load, parse_lengths, pyplot, save_png, write_json
+from eval_common import add_common_args, load, parse_lengths, pyplot, resolve_device_args, save_png, write_json
 from model import KVCache
 
 
@@ -49,10 +49,11 @@ def window_nll(model, ids, labels):
 
 
 @torch.no_grad()
-def truncate_nll(model, ids, lengths, piece=2048):
+def truncate_nll(model, ids, lengths, piece=2048, progress=None):
     """{L: (NLL, scored)} of the window ids[:L] for each L, in one pass: the document goes through the
     KV cache in pieces of <= `piece` tokens; each piece starts again at the previous one's last token
-    (overwriting its cache entry) so that the prediction of the piece's first new token is scored too."""
+    (overwriting its cache entry) so that the prediction of the piece's first new token is scored too.
+    progress(tokens done, tokens in all) after each piece."""
     p, out, nll, done = next(model.parameters()), {}, 0.0, 0
     cache = KVCache(model.config, 1, max(lengths), p.device, p.dtype)
     for end in sorted(set(lengths) | set(range(piece, max(lengths), piece))):
@@ -60,6 +61,8 @@ def truncate_nll(model, ids, lengths, piece=2048):
         nll, done = nll + model(ids[:, start:end], labels=ids[:, start:end], kv_cache=cache, reduction="sum").item(), end
         if end in lengths:
             out[end] = (nll, end - 1)
+        if progress:
+            progress(done, max(lengths))
     return out
 
 
@@ -83,7 +86,7 @@ def ppl(windows):
     return math.exp(sum(w[0] for w in windows) / sum(w[1] for w in windows)) if windows else None
 
 
-def evaluate(model, docs, lengths, mode="truncate", stride=None, log=print):
+def evaluate(model, docs, lengths, mode="truncate", stride=None, log=lambda s: print(s, flush=True)):
     """docs: [1, n] id tensors (BOS first). One result dict per length."""
     windows = {L: [] for L in lengths}  # (NLL, scored) per window
     one_pass = (model.config.rope_scaling or {}).get("rope_type") not in ("dynamic", "longrope")
@@ -92,7 +95,11 @@ def evaluate(model, docs, lengths, mode="truncate", stride=None, log=print):
         if mode == "sliding":
             new = {L: sliding_nll(model, ids, L, stride or L // 2) for L in fits}
         elif one_pass and fits:
-            new = {L: [w] for L, w in truncate_nll(model, ids, fits).items()}
+            # a 32k pass takes ~10 min on 2 CPU cores: a line per piece (tokens, tokens/s, time left) once it is long
+            progress = (lambda done, todo: log(f"  {done}/{todo} tokens, {done / (time.perf_counter() - t0):.0f} tok/s, "
+                                               f"{(todo - done) * (time.perf_counter() - t0) / done / 60:.1f} min left")
+                        ) if max(fits) > 8192 else None
+            new = {L: [w] for L, w in truncate_nll(model, ids, fits, progress=progress).items()}
         else:
             new = {L: [window_nll(model, ids[:, :L], ids[:, :L])] for L in fits}
         for L, ws in new.items():
@@ -115,6 +122,7 @@ def main(argv=None):
     add("--max-docs", type=int, default=0, help="use the first N documents with >= --min-tokens; 0 = all (default: %(default)s)")
     add("--compare", nargs="+", default=[], help="JSON of earlier runs, drawn in the PNG too; alone: only draw them (default: none)")
     args = parser.parse_args(argv)
+    resolve_device_args(parser, args)
     if not args.data:
         if not (args.compare and args.out):
             parser.error("--data is required (or --compare RUN.json ... --out PLOT.png to only draw earlier runs)")

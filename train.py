@@ -75,7 +75,9 @@ add("--shard", choices=["auto", "ddp", "zero1", "fsdp"], default="auto",
     help="ddp: replicate all; zero1: shard AdamW state; fsdp: shard everything; auto: the first that fits (default)")
 add("--dtype", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
     help="autocast dtype; master weights stay fp32. auto: bf16 on CUDA if supported else fp16, fp32 on CPU")
-add("--device", choices=["auto", "cpu", "cuda"], default="auto", help="default: cuda if available")
+add("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: cuda if available, else cpu (default: %(default)s)")
+add("--compile", action=argparse.BooleanOptionalAction, default=None,
+    help="torch.compile each block (after activation checkpointing, before FSDP; default: on for CUDA, off on CPU)")
 add("--device-memory", type=float, help="GB per device for the memory check (default: measured)")
 add("--eval-every", type=int, default=200, help="eval loss at Lt every N steps; 0 = never (default: %(default)s)")
 add("--eval-docs", type=int, default=8, help="the last N documents of >= Lt tokens, held out for the eval loss (default: %(default)s)")
@@ -133,6 +135,7 @@ from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard  # noqa: E4
 from torch.nn.parallel import DistributedDataParallel as DDP  # noqa: E402
 
 from load_hf_weights import load_config, load_model, save_model, with_rope  # noqa: E402
+from device import DTYPES, compile_blocks, pick_compile, pick_device, pick_dtype  # noqa: E402
 from model import Llama, LlamaConfig  # noqa: E402
 from pose_sampler import sample_clex, sample_full_length, sample_pose, sample_randpos  # noqa: E402
 from prepare_data import TokenDocs  # noqa: E402
@@ -144,13 +147,15 @@ def print0(*a, **k):
         print(*a, **k, flush=True)
 
 
-if args.device == "cuda" and not torch.cuda.is_available():
-    parser.error("--device cuda: no CUDA device is available")
-device = f"cuda:{local_rank}" if args.device != "cpu" and torch.cuda.is_available() else "cpu"
-dtype_name = args.dtype if args.dtype != "auto" else ("fp32" if device == "cpu" else "bf16" if torch.cuda.is_bf16_supported() else "fp16")
-if device == "cpu" and dtype_name == "fp16":
-    parser.error("--dtype fp16 is for CUDA (loss scaling); on CPU use fp32 or bf16")
-amp_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype_name]
+try:
+    device = pick_device(args.device, local_rank)
+    dtype_name = pick_dtype(args.dtype, device)
+    if device == "cpu" and dtype_name == "fp16":
+        raise ValueError("--dtype fp16 is for CUDA (loss scaling); on CPU use fp32 or bf16")
+    use_compile = pick_compile(args.compile, device)
+except ValueError as e:
+    parser.error(str(e))
+amp_dtype = DTYPES[dtype_name]
 data = TokenDocs(args.data)
 min_len = args.target_len if args.method == "full" else args.train_len
 eval_ids = np.flatnonzero(data.lengths >= eval_len)[-args.eval_docs:] if args.eval_every and args.eval_docs else []
@@ -204,8 +209,8 @@ def memory_plan(shard):
 capacity = args.device_memory or (torch.cuda.get_device_properties(local_rank).total_memory / 1024**3 if device != "cpu"
                                   else os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024**3 / local_world)
 candidates = [args.shard] if args.shard != "auto" else ["ddp"] + (["zero1", "fsdp"] if world_size > 1 else [])
-if args.shard in ("zero1", "fsdp") and world_size == 1:
-    parser.error(f"--shard {args.shard} shards across ranks: launch with torchrun --nproc_per_node N (N >= 2)")
+if args.shard in ("zero1", "fsdp") and "RANK" not in os.environ and not args.dry_run:  # torchrun, even one rank (shards nothing)
+    parser.error(f"--shard {args.shard} needs a process group: launch with torchrun --nproc_per_node N")
 for shard in candidates:
     plan = memory_plan(shard)
     fits = sum(plan.values()) <= 0.9 * capacity
@@ -288,6 +293,8 @@ else:
     model = Llama(config)
     model.init_weights()
 model.activation_checkpointing = args.ac
+if use_compile:
+    compile_blocks(model)
 raw_model = model  # unwrapped: its state_dict has plain names (FSDP shards it in place)
 if shard == "fsdp":
     mp = MixedPrecisionPolicy(param_dtype=amp_dtype, reduce_dtype=torch.float32)
@@ -299,7 +306,8 @@ else:
     if ddp:
         model = DDP(model, device_ids=[local_rank] if device.startswith("cuda") else None, gradient_as_bucket_view=True,
                     find_unused_parameters=args.method == "clex")  # CLEX at t = 1 is plain RoPE: its ODE gets no gradient
-opt_kw = dict(lr=args.lr, betas=(0.9, args.beta2), eps=1e-8, weight_decay=args.weight_decay)
+# fused: one CUDA kernel for the whole update instead of a few per parameter
+opt_kw = dict(lr=args.lr, betas=(0.9, args.beta2), eps=1e-8, weight_decay=args.weight_decay, fused=device.startswith("cuda"))
 if shard == "zero1":  # each rank keeps the AdamW moments of its 1/world_size of the parameters
     from torch.distributed.optim import ZeroRedundancyOptimizer  # here: importing it warns about torch.jit
     optimizer = ZeroRedundancyOptimizer(raw_model.parameters(), optimizer_class=torch.optim.AdamW, **opt_kw)

@@ -11,6 +11,10 @@ Evaluation cost on the real SmolLM2-135M checkpoint, ours vs transformers, each 
 - passkey: trials per minute at --passkey-len, the same prompts (eval_passkey.build_prompt) for all:
   ours = eval_passkey.run_length (greedy through our KV cache; prefill keeps only the last row of logits),
   with and without reusing the shared prompt prefix, vs transformers' generate(max_new_tokens=10, greedy).
+- prefill: the attention of one SmolLM2 layer (9 query / 3 key-value heads, head_dim 64) for a prompt of L
+  tokens whose first P are already in the KV cache (a passkey prompt sharing a prefix, eval_ppl's chunked
+  pass): a fresh causal prefill of all L, the new L - P queries with an explicit mask (the old path), and
+  model.cached_prefill_attention (no mask: cached half + causal half merged by log-sum-exp). --prefill-lens.
 Timings are wall-clock on whatever else the machine runs: repeat on an idle machine for clean figures.
 """
 import argparse
@@ -75,6 +79,37 @@ def run_case(args):
     return out | {"seconds": seconds, "peak_gb": rss_gb("VmHWM"), "growth_gb": rss_gb("VmHWM") - loaded}
 
 
+def prefill_attention(L, shared, threads, rounds=2):
+    """Seconds (best of `rounds`) of one layer's attention for L tokens of which `shared` are cached."""
+    import torch
+    import torch.nn.functional as F
+
+    from model import cached_prefill_attention
+    if threads:
+        torch.set_num_threads(threads)
+    g = torch.Generator().manual_seed(0)
+    T = L - shared
+    q_all = torch.randn(1, 9, L, 64, generator=g)
+    k, v = torch.randn(1, 3, L, 64, generator=g), torch.randn(1, 3, L, 64, generator=g)
+    q = q_all[:, :, shared:]
+    mask = torch.arange(L)[None, :] <= torch.arange(shared, L)[:, None]
+    cases = {"fresh_causal_all": lambda: F.scaled_dot_product_attention(q_all, k, v, is_causal=True, enable_gqa=True),
+             "masked_new": lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True),
+             "lse_merge_new": lambda: cached_prefill_attention(q, k, v, shared)}
+    out = {}
+    with torch.no_grad():
+        ref = cases["masked_new"]()
+        assert (cases["lse_merge_new"]() - ref).abs().max() < 1e-4, "the fast path disagrees with the masked one"
+        for name, f in cases.items():
+            times = []
+            for _ in range(rounds):
+                t0 = time.perf_counter()
+                f()
+                times.append(time.perf_counter() - t0)
+            out[name] = min(times)
+    return out
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="HF folder (default: cache/SmolLM2-135M-Instruct, built if missing)")
@@ -82,6 +117,11 @@ def main():
     parser.add_argument("--passkey-len", type=int, default=4096, help="passkey prompt length (default: %(default)s)")
     parser.add_argument("--passkey-trials", type=int, default=3, help="passkey trials per case (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads; 0 = torch's default (default: %(default)s)")
+    parser.add_argument("--prefill-lens", type=int, nargs="+", default=[8192, 16384, 32768],
+                        help="prompt lengths of the cached-prefill attention benchmark; none = skip (default: %(default)s)")
+    parser.add_argument("--prefill-shared", type=float, nargs="+", default=[0.11, 0.5, 0.9375],
+                        help="fractions of the prompt already cached (0.9375: eval_ppl's last 2k piece of 32k; default: %(default)s)")
+    parser.add_argument("--skip-models", action="store_true", help="only the prefill benchmark (default: off)")
     parser.add_argument("--out", help="write the figures as JSON here (default: none)")
     parser.add_argument("--case", help=argparse.SUPPRESS)  # internal: run one case in this process
     parser.add_argument("--T", type=int, help=argparse.SUPPRESS)
@@ -102,9 +142,25 @@ def main():
             sys.exit(f"{case} at {T} failed:\n{out.stderr[-2000:]}")
         return json.loads(out.stdout.strip().splitlines()[-1])
 
+    report = {"threads": args.threads, "ppl": [], "passkey": {}, "prefill": []}
+    if args.prefill_lens:
+        print(f"one SmolLM2 layer's attention, fp32, {args.threads or os.cpu_count()} threads: L tokens, P cached; seconds "
+              f"and ratio to a fresh causal prefill of all L")
+        print(f"{'L':>6} | {'P/L':>6} | {'fresh all L':>11} | {'masked (old)':>15} | {'LSE merge (new)':>15}")
+        for L in args.prefill_lens:
+            for f in args.prefill_shared:
+                r = prefill_attention(L, int(L * f), args.threads)
+                report["prefill"].append({"length": L, "shared": int(L * f), "seconds": r})
+                base = r["fresh_causal_all"]
+                print(f"{L:>6} | {f:>6.3f} | {base:>11.3f} | {r['masked_new']:>7.3f} ({r['masked_new'] / base:.2f}x) | "
+                      f"{r['lse_merge_new']:>7.3f} ({r['lse_merge_new'] / base:.2f}x)", flush=True)
+    if args.skip_models:
+        if args.out:
+            Path(args.out).write_text(json.dumps(report, indent=1))
+            print(f"wrote {args.out}")
+        return
     print(f"SmolLM2-135M fp32, {args.threads or os.cpu_count()} threads; each case in a fresh process", flush=True)
     print(f"{'PPL window':>10} | {'ours GB (+growth)':>17} | {'HF GB (+growth)':>17} | {'ours s':>7} | {'HF s':>7} | ppl ours / HF")
-    report = {"threads": args.threads, "ppl": [], "passkey": {}}
     for T in args.lens:
         o, h = measure("ours_ppl", T), measure("hf_ppl", T)
         report["ppl"].append({"tokens": T, "ours": o, "transformers": h})
