@@ -8,14 +8,18 @@ The PoSE story at toy scale, end to end on a CPU with the project's own tools (`
                because retrieval never switches on from text alone (REFERENCE.md section 8)
   3. extend    to Lt = 4 Lc = 512 tokens, each way from the same base and with the same steps and
                sequences per step: no fine-tuning (plain RoPE; linear and YaRN interpolation alone),
-               PoSE at Lc with linear and with YaRN, full-length fine-tuning at Lt, and CLEX (a learned
-               continuous scaling, trained at Lc with factors 1..Lt/Lc) (train.py)
+               PoSE at Lc with linear and with YaRN, CREAM at Lc with YaRN (PoSE's idea with head / middle /
+               tail chunks, the middle drawn near the window's centre), full-length fine-tuning at Lt, and
+               CLEX (a learned continuous scaling, trained at Lc with factors 1..Lt/Lc) (train.py)
   4. measure   passkey accuracy and held-out perplexity at Lc .. 2 Lt (eval_passkey.py, eval_ppl.py),
                and the time and peak memory of one fine-tuning step (train.py's log)
-  5. report    a table, results/demo.json, results/demo_passkey.png and results/demo_ppl.png
+  5. report    a table (and one of passkey accuracy by key depth), out/demo/demo.json, demo_passkey.png,
+               demo_ppl.png and demo_depth.png (depth x length heat-maps) beside it; results/demo/ holds
+               the committed copy (copied there deliberately, so that a run never dirties it)
 
     python demo.py                      # the whole demo
     python demo.py --quick --work-dir /tmp/d --out /tmp/d/demo.json   # a 1-minute smoke run (tests)
+    python demo.py --out results/demo/demo.json     # to update the committed results
     python demo.py --reuse              # keep models already trained in --work-dir, redo the rest
 """
 import argparse
@@ -23,6 +27,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -37,6 +42,7 @@ VARIANTS = {
     "yarn, no fine-tuning": ("base", "yarn"),
     "PoSE linear": ("pose-linear", None),
     "PoSE yarn": ("pose-yarn", None),
+    "CREAM yarn": ("cream-yarn", None),
     "full-length linear": ("full-linear", None),
     "full-length yarn": ("full-yarn", None),
     "CLEX": ("clex", None),
@@ -44,7 +50,7 @@ VARIANTS = {
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
 parser.add_argument("--work-dir", default="out/demo", help="models, logs and token files (default: %(default)s)")
-parser.add_argument("--out", default="results/demo.json", help="results JSON; the PNGs go beside it (default: %(default)s)")
+parser.add_argument("--out", default="out/demo/demo.json", help="results JSON; the PNGs go beside it (default: %(default)s)")
 parser.add_argument("--trials", type=int, default=200, help="passkey trials per length (default: %(default)s)")
 parser.add_argument("--lengths", type=int, nargs="+", default=[128, 256, 384, 512, 768, 1024],
                     help="evaluation lengths in tokens (default: Lc .. 2 Lt)")
@@ -116,8 +122,10 @@ def evaluate(name, made, rope):
     run(f"eval {tag} passkey", ["eval_passkey.py", *common, "--trials", args.trials, "--out", pk], threads=1, live=False)
     run(f"eval {tag} ppl", ["eval_ppl.py", *common, "--data", ppl_data, "--mode", "sliding", "--out", ppl],
         threads=1, live=False)
-    passkey = {r["length"]: r["accuracy"] for r in json.load(open(pk))["results"]}
-    return [dict(variant=name, length=r["length"], passkey=passkey[r["length"]], ppl=r["ppl"])
+    passkey = {r["length"]: r for r in json.load(open(pk))["results"]}
+    return [dict(variant=name, length=r["length"], passkey=passkey[r["length"]]["accuracy"], ppl=r["ppl"],
+                 passkey_by_depth={d["depth"]: d["accuracy"] for d in passkey[r["length"]]["by_depth"]},
+                 passkey_trials_by_depth={d["depth"]: d["trials"] for d in passkey[r["length"]]["by_depth"]})
             for r in json.load(open(ppl))["results"]]
 
 
@@ -134,19 +142,27 @@ base = train("base", "plain", "none", None, BASE["steps"], BASE["lr"], BASE["war
 print(f"3/4 extension to Lt = {LT}: {FINE_TUNE['steps']} steps x {FINE_TUNE['batch']} sequences each; meanwhile "
       f"4/4 evaluation of each model at {', '.join(map(str, args.lengths))} tokens ({args.trials} passkey trials per "
       f"length, perplexity on data/heldout) in a second process")
-evaluations = ThreadPoolExecutor(2 if args.quick else 1)  # the second core: evaluates each model as soon as it exists
+# The second core evaluates each model as soon as it exists; once training is over, both cores evaluate.
+evaluations, cores_free = ThreadPoolExecutor(2), threading.Semaphore(2 if args.quick else 1)
+
+
+def evaluate_when_free(*a):
+    with cores_free:
+        return evaluate(*a)
 
 
 def evaluate_all(made):
-    return [evaluations.submit(evaluate, name, m, rope) for name, (m, rope) in VARIANTS.items() if m == made]
+    return [evaluations.submit(evaluate_when_free, name, m, rope) for name, (m, rope) in VARIANTS.items() if m == made]
 
 
 pending, models = evaluate_all("base"), {"base": base}
-for made in ("pose-linear", "pose-yarn", "full-linear", "full-yarn", "clex"):
+for made in ("pose-linear", "pose-yarn", "cream-yarn", "full-linear", "full-yarn", "clex"):
     method, rope = (made + "-none").split("-")[:2]
     models[made] = train(made, method, rope, base / "hf", FINE_TUNE["steps"], FINE_TUNE["lr"], FINE_TUNE["warmup"],
                          FINE_TUNE["batch"], ["--mix", "copy=0.1,passkey=0.45,text=0.45"])
     pending += evaluate_all(made)
+if not args.quick:
+    cores_free.release()  # training is done: a second evaluation runs beside the first
 results = [r for job in pending for r in job.result()]  # in VARIANTS order per model; re-sorted below
 results.sort(key=lambda r: (list(VARIANTS).index(r["variant"]), r["length"]))
 costs = {made: step_cost(out) for made, out in models.items()}
@@ -157,6 +173,17 @@ print(f"{'variant':<24}" + "".join(f"{L:>14}" for L in args.lengths))
 for name in VARIANTS:
     row = {r["length"]: r for r in results if r["variant"] == name}
     print(f"{name:<24}" + "".join(f"{row[L]['passkey']:>7.2f} {row[L]['ppl']:>6.1f}" for L in args.lengths))
+depths = sorted({d for r in results for d in r["passkey_by_depth"]})
+print(f"\npasskey accuracy by key depth (uniform depths binned by their centre), all lengths pooled ({len(args.lengths)} x "
+      f"{args.trials} trials per variant)")
+print(f"{'variant':<24}" + "".join(f"{d:>7g}" for d in depths) + f"{'all':>7}")
+by_depth = {}
+for name in VARIANTS:
+    rows = [r for r in results if r["variant"] == name]
+    cell = lambda d: sum(r["passkey_by_depth"].get(d, 0) * r["passkey_trials_by_depth"].get(d, 0) for r in rows) / \
+        max(1, sum(r["passkey_trials_by_depth"].get(d, 0) for r in rows))
+    by_depth[name] = {d: cell(d) for d in depths}
+    print(f"{name:<24}" + "".join(f"{by_depth[name][d]:>7.2f}" for d in depths) + f"{sum(r['passkey'] for r in rows) / len(rows):>7.2f}")
 pose, full = costs["pose-yarn"]["step_time_s"], costs["full-yarn"]["step_time_s"]
 print(f"\nfine-tuning step ({FINE_TUNE['batch']} sequences): PoSE {pose:.3f} s at {LC} tokens, full-length {full:.3f} s "
       f"at {LT} tokens ({full / pose:.1f}x); peak RSS PoSE {costs['pose-yarn']['peak_rss_gb']:.2f} GB, "
@@ -166,7 +193,7 @@ settings = dict(train_len=LC, target_len=LT, base=BASE, fine_tune=FINE_TUNE, tri
                 tokenizer="data/tokenizer.model", ppl_data=f"{ppl_data} (sliding windows, stride L/2)")
 out = Path(args.out)
 out.parent.mkdir(parents=True, exist_ok=True)
-out.write_text(json.dumps(dict(settings=settings, results=results, step_costs=costs,
+out.write_text(json.dumps(dict(settings=settings, results=results, passkey_by_depth_all_lengths=by_depth, step_costs=costs,
                                wall_minutes=round((time.time() - t_start) / 60, 2)), indent=1) + "\n")
 print(f"wrote {out}")
 try:
@@ -191,3 +218,19 @@ for metric, label in (("passkey", "passkey accuracy"), ("ppl", "held-out perplex
     png = out.with_name(f"{out.stem}_{metric}.png")
     fig.savefig(png, dpi=110)
     print(f"wrote {png}")
+heat = [name for name in ("PoSE yarn", "CREAM yarn", "full-length yarn") if name in VARIANTS]
+fig, axes = plt.subplots(1, len(heat), figsize=(4 * len(heat), 3.4), sharey=True)
+for ax, name in zip(axes, heat):
+    rows = [r for r in results if r["variant"] == name]
+    grid = [[r["passkey_by_depth"].get(d, float("nan")) for r in rows] for d in depths]
+    im = ax.imshow(grid, vmin=0, vmax=1, cmap="RdYlGn", aspect="auto", origin="lower")
+    for i, line in enumerate(grid):
+        for j, v in enumerate(line):
+            ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7)
+    ax.set(xticks=range(len(rows)), xticklabels=[r["length"] for r in rows], yticks=range(len(depths)), yticklabels=depths,
+           xlabel="tokens", title=name)
+axes[0].set_ylabel("key depth")
+fig.colorbar(im, ax=axes, label="passkey accuracy", shrink=0.8)
+png = out.with_name(f"{out.stem}_depth.png")
+fig.savefig(png, dpi=110)
+print(f"wrote {png}")

@@ -4,7 +4,7 @@ at a random depth in L tokens of filler text; greedy decoding of up to 10 tokens
 a trial succeeds when the first integer in the output is the key.
 
     python eval_passkey.py --len 32768          # the model train.py just saved (out/pose/hf)
-    python eval_passkey.py --model cache/SmolLM2-135M-Instruct --len 2k 4k 8k --trials 20 --out results/pk.json
+    python eval_passkey.py --model cache/SmolLM2-135M-Instruct --len 2k 4k 8k --trials 20 --out out/pk.json
     python eval_passkey.py --model DIR --len 4k:16k:4k --rope yarn --factor 2      # training-free 2x
     python eval_passkey.py --model DIR --len 8k 16k --depths 0 0.25 0.5 0.75 1 --trials 4   # needle map
 
@@ -157,13 +157,19 @@ def main(argv=None):
         depths = np.repeat(args.depths, n_trials[L]) if args.depths else np.random.default_rng([args.seed, L, 0]).uniform(0, 1, n_trials[L])
         keys = np.random.default_rng([args.seed, L, 1]).integers(10000, 100000, len(depths))
 
+        reused = {(d, k): t for (length, d, k), t in known.items() if length == L}
+        finished = [dict(t, length=L) for t in reused.values()]
+
         def log(i, t):
             elapsed = time.perf_counter() - t_start
             eta = elapsed / (done + work(L) * (i + 1) / len(depths)) * sum(map(work, lengths)) - elapsed
             print(f"L={L} trial {i + 1}/{len(depths)} depth {t['depth']:.2f} key {t['key']} -> {t['output']!r} "
                   f"{'ok' if t['correct'] else 'MISS'} ({t['seconds']:.1f} s, ETA {eta / 60:.1f} min)", flush=True)
+            finished.append(dict(t, length=L))
+            if args.out:  # after every trial (a 32k trial takes minutes on a CPU): --reuse picks a stopped run up
+                write_json(args, {"lengths": lengths, "tokenizer": str(tok.path), "complete": False}, results,
+                           trials=records + finished, quiet=True)
         try:
-            reused = {(d, k): t for (length, d, k), t in known.items() if length == L}
             trials = run_length(model, tok, L, depths, keys, args.max_new_tokens, log=log, known=reused)
         except ValueError as e:
             parser.error(str(e))

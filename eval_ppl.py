@@ -3,9 +3,9 @@ Perplexity on long documents (the PoSE / YaRN protocol, REFERENCE.md section 4).
 
     python eval_ppl.py --data cache/texts/shakespeare          # the model train.py just saved, 2k ... 32k
     python eval_ppl.py --model cache/SmolLM2-135M-Instruct --data cache/texts/shakespeare --len 2k 4k 8k 16k \
-        --min-tokens 16384 --max-docs 4 --rope yarn --factor 2 --out results/ppl_yarn.json
+        --min-tokens 16384 --max-docs 4 --rope yarn --factor 2 --out out/ppl_yarn.json
     python eval_ppl.py --data book.txt more/ --mode sliding --len 8k --stride 2k
-    python eval_ppl.py --compare results/ppl_*.json --out results/ppl.png   # PPL against length, runs side by side
+    python eval_ppl.py --compare out/ppl_*.json --out out/ppl.png   # PPL against length, runs side by side
 
 --data: text files, folders (their *.txt, *.jsonl) and .jsonl files ("text" per line); BOS starts each
 document. A document shorter than L is left out at L. truncate: the first L tokens of each document.
@@ -95,7 +95,7 @@ def evaluate(model, docs, lengths, mode="truncate", stride=None, log=lambda s: p
         if mode == "sliding":
             new = {L: sliding_nll(model, ids, L, stride or L // 2) for L in fits}
         elif one_pass and fits:
-            # a 32k pass takes ~10 min on 2 CPU cores: a line per piece (tokens, tokens/s, time left) once it is long
+            # a 32k pass takes minutes on a CPU: a line per piece (tokens, tokens/s, time left) once it is long
             progress = (lambda done, todo: log(f"  {done}/{todo} tokens, {done / (time.perf_counter() - t0):.0f} tok/s, "
                                                f"{(todo - done) * (time.perf_counter() - t0) / done / 60:.1f} min left")
                         ) if max(fits) > 8192 else None

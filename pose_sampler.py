@@ -163,9 +163,77 @@ def sample_clex(doc_ids, train_len, t, original_len, rng=None):
     return doc[start:start + train_len], torch.as_tensor(position_ids, dtype=torch.float32, device=doc.device)
 
 
+def _normal(rng, mu, sigma):
+    return rng.gauss(mu, sigma) if isinstance(rng, random.Random) else float(rng.normal(mu, sigma))
+
+
+def cream_layout(train_len, target_len, mode):
+    """(head, middle, tail) token counts of a CREAM window and k = Lt / Lc (see sample_cream)."""
+    k = target_len // train_len
+    head = tail = train_len // 3 if mode == "relativity" else 4 * k
+    return head, train_len - head - tail, tail, k
+
+
+def sample_cream(doc_ids, train_len, target_len, sigma=3.0, rng=None, mode=None):
+    """CREAM training example (Wu et al. 2024, "Never Miss A Beat", arXiv 2406.07138; code bigai-nlco/CREAM
+    src/train.py): PoSE's train-short idea with positions that favour the middle of the target window, where
+    PoSE-trained models lose keys ("lost in the middle"). With k = Lt / Lc (an integer here), the Lc tokens are a
+    head of h, a middle of m = Lc - h - t and a tail of t tokens:
+
+        mode       relativity: h = t = floor(Lc / 3)  (long ends: many large relative distances)
+                   continuity: h = t = 4 k            (short ends: most tokens in one contiguous middle)
+                   each with probability 1/2, per example (mode=None), or as given
+        positions  head 0 .. h-1,   middle e-m+1 .. e,   tail Lt-t .. Lt-1
+        middle end r ~ N(1 + k, sigma^2) truncated to [2, 2k], then floored to an integer (r/2 ~ (1 + k)/2 puts
+                   the middle around the centre of [Lc, Lt]);  e ~ U{h + floor((m-1) r / 2) .. floor(r Lc / 2) - t - 1}
+        tokens     the token at index = position id of the document's first Lt tokens; a document shorter than
+                   Lt gives its last t tokens to the tail, and the middle, if it would reach into them, the m
+                   tokens just before (the code's fallback, in which the middle could overlap the tail's text)
+
+    Differences from the code, all in the draws: (1) the code picks the mode once per preprocessing batch of
+    3,000 examples (datasets.map, batch_size=3000), the paper's intent is per example: here per example;
+    (2) the code inverts the Gaussian CDF over [2, 2k] without renormalising, so the mass outside piles onto
+    r = 2 and r = 2k (np.interp clamps); here the Gaussian is truncated properly (drawn until inside);
+    (3) the code's upper bound r Lc / 2 - t - 1 is a float for odd r, floored here; (4) k must divide: the
+    code floors Lt / Lc and so ends its tail at k Lc - 1 < Lt - 1 otherwise.
+    """
+    _check_lengths(train_len, target_len)
+    if target_len % train_len:
+        raise ValueError(f"target_len ({target_len}) must be a multiple of train_len ({train_len}) for CREAM")
+    if not sigma > 0:
+        raise ValueError(f"sigma must be > 0, got {sigma}")
+    rng = _check_rng(rng)
+    if mode is None:
+        mode = "relativity" if _randint(rng, 0, 1) == 0 else "continuity"
+    elif mode not in ("relativity", "continuity"):
+        raise ValueError(f"mode must be 'relativity', 'continuity' or None, got {mode!r}")
+    head, middle, tail, k = cream_layout(train_len, target_len, mode)
+    if middle < 1:
+        raise ValueError(f"train_len {train_len} leaves no middle for CREAM's {mode} ends of {head} tokens at k = {k}")
+    doc = _as_doc(doc_ids, train_len, "train_len")[:target_len]
+
+    r = _normal(rng, 1 + k, sigma)
+    while not 2 <= r <= 2 * k:  # truncated Gaussian: redraw outside [2, 2k]
+        r = _normal(rng, 1 + k, sigma)
+    r = min(int(r), 2 * k - 1)  # floored (r = 2k only at the edge itself)
+    end = _randint(rng, head + (middle - 1) * r // 2, r * train_len // 2 - tail - 1)
+
+    position_ids = np.concatenate([np.arange(head), np.arange(end - middle + 1, end + 1),
+                                   np.arange(target_len - tail, target_len)])
+    middle_text = min(end, len(doc) - tail - 1)  # where the middle's text ends (= end for a document of Lt tokens)
+    doc_index = np.concatenate([np.arange(head), np.arange(middle_text - middle + 1, middle_text + 1),
+                                np.arange(len(doc) - tail, len(doc))])
+    input_ids = doc[torch.from_numpy(doc_index).to(doc.device)]
+    return input_ids, torch.from_numpy(position_ids).to(doc.device)
+
+
 if __name__ == "__main__":
     rng = random.Random(0)
     doc = list(range(1000, 1100))  # token id = 1000 + offset, so content skips are visible
     for n in (1, 2, 3):
         tokens, pos = sample_pose(doc, train_len=12, target_len=48, num_chunks=n, rng=rng)
         print(f"N={n}  positions {pos.tolist()}\n     tokens    {tokens.tolist()}")
+    doc = list(range(1000, 1048))
+    for mode in ("relativity", "continuity"):
+        tokens, pos = sample_cream(doc, train_len=24, target_len=48, rng=rng, mode=mode)
+        print(f"CREAM {mode}  positions {pos.tolist()}\n     tokens    {tokens.tolist()}")

@@ -35,7 +35,10 @@ class TokenDocs:
         for ext in (".bin", ".idx.npy", ".json"):
             if not os.path.isfile(prefix + ext):
                 raise FileNotFoundError(f"{prefix}{ext} not found: prepare the data with prepare_data.py --out {prefix}")
-        self.meta = json.loads(Path(prefix + ".json").read_text())
+        try:
+            self.meta = json.loads(Path(prefix + ".json").read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{prefix}.json: not valid JSON ({e}); re-run prepare_data.py") from None
         self.offsets = np.load(prefix + ".idx.npy")
         self.vocab_size = self.meta["vocab_size"]
         n_tokens = int(self.offsets[-1])

@@ -107,8 +107,17 @@ def _from_tiktoken_file(file: Path, data: bytes) -> Tokenizer:
     return tok
 
 
+def _read_json(file: Path):
+    try:
+        return json.loads(file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{file}: not valid JSON ({e})") from None
+
+
 def _from_tokenizer_json(file: Path) -> Tokenizer:
-    spec = json.loads(file.read_text(encoding="utf-8"))
+    spec = _read_json(file)
+    if not isinstance(spec, dict):
+        raise ValueError(f"{file}: expected a JSON object, got {type(spec).__name__}")
     model, decoder = spec.get("model") or {}, spec.get("decoder") or {}
     if model.get("type") != "BPE" or decoder.get("type") != "ByteLevel" or spec.get("normalizer"):
         raise ValueError(f"{file}: not a byte-level BPE tokenizer.json (needs BPE model, ByteLevel decoder, "
@@ -167,7 +176,7 @@ def _ids_from_configs(folder: Path, special: dict):
     """bos/eos ids from config.json, else from the special-token names in tokenizer_config.json."""
     def read(name):
         f = folder / name
-        return json.loads(f.read_text(encoding="utf-8")) if f.is_file() else {}
+        return _read_json(f) if f.is_file() else {}
 
     config, tok_config = read("config.json"), read("tokenizer_config.json")
     out = []

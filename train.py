@@ -12,7 +12,8 @@ in cache/data/pile (made by prepare_data.py --min-tokens 2048):
 A small CPU run (data: python prepare_data.py --tokenizer TOK --out cache/data/tiny --min-tokens 512 TEXTS):
     python train.py --preset tiny
     torchrun --nproc_per_node 2 train.py --preset tiny --shard fsdp
-Baselines: --method full (Lt tokens at positions 0..Lt-1) or --method randpos. --method clex trains CLEX
+--method cream trains CREAM (arXiv 2406.07138) instead: head, middle and tail chunks, the middle placed by a
+truncated Gaussian around the centre of the target window. Baselines: --method full (Lt tokens at positions 0..Lt-1) or --method randpos. --method clex trains CLEX
 (arXiv 2310.16450) instead: a scaling factor t ~ U{1..Lt/Lc} per step, RandPos-like positions over Lc t; --method plain trains at Lc
 with positions 0..Lc-1 and plain RoPE (pretraining a base: demo.py does, with --mix copy=0.5,passkey=0.5). Memory plan only
 (e.g. for 8 cards of 48 GB): WORLD_SIZE=8 python train.py --dry-run --device-memory 48
@@ -46,9 +47,11 @@ add("--init-from", default="cache/llama-7b", help="Hugging Face checkpoint folde
 add("--config", help="train a fresh model instead (overrides --init-from): 'tiny' or a config.json path; vocab_size defaults to the data's")
 add("--data", default="cache/data/pile", help="token file prefix written by prepare_data.py (default: %(default)s)")
 add("--out-dir", default="out/pose", help="ckpt.pt, log.jsonl, final HF folder <out-dir>/hf (default: %(default)s; out/PRESET)")
-add("--method", choices=["pose", "full", "randpos", "clex", "plain"], default="pose",
-    help="pose; baselines: full-length training at Lt, RandPos; clex: CLEX with max_factor Lt/Lc (--rope is "
-    "ignored); plain: positions 0..Lc-1, no scaling (pretraining)")
+add("--method", choices=["pose", "cream", "full", "randpos", "clex", "plain"], default="pose",
+    help="pose; cream: CREAM's head / Gaussian-placed middle / tail positions (--cream-sigma; Lt a multiple of Lc); "
+    "baselines: full-length training at Lt, RandPos; clex: CLEX with max_factor Lt/Lc (--rope is ignored); plain: "
+    "positions 0..Lc-1, no scaling (pretraining)")
+add("--cream-sigma", type=float, default=3.0, help="--method cream: the std of its middle's Gaussian (default: %(default)s, CREAM's)")
 add("--train-len", type=int, default=2048, help="Lc: tokens per training window (default: %(default)s)")
 add("--target-len", type=int, default=16384, help="Lt: context window to extend to (default: %(default)s)")
 add("--orig-len", type=int, help="L0, the window the checkpoint was pretrained with: the RoPE factor is Lt / L0 (default: the "
@@ -64,7 +67,8 @@ add("--global-batch", type=int, default=64, help="sequences per optimizer step, 
 add("--micro-batch", type=int, default=1, help="sequences per forward pass per rank (default: %(default)s)")
 add("--max-steps", type=int, default=1000, help="optimizer steps (default: %(default)s)")
 add("--lr", type=float, default=2e-5, help="peak learning rate (default: %(default)s)")
-add("--min-lr", type=float, default=0.0, help="learning rate at the last step (default: %(default)s)")
+add("--min-lr", type=float, default=0.0, help="where the decay ends, at step --max-steps (the last step, max-steps - 1, "
+    "is one decay step above it; default: %(default)s)")
 add("--warmup", type=int, default=10, help="linear warm-up steps (default: %(default)s)")
 add("--decay", choices=["linear", "cosine"], default="linear", help="decay after warm-up (default: %(default)s)")
 add("--weight-decay", type=float, default=0.0, help="AdamW weight decay (default: %(default)s)")
@@ -81,7 +85,8 @@ add("--compile", action=argparse.BooleanOptionalAction, default=None,
 add("--device-memory", type=float, help="GB per device for the memory check (default: measured)")
 add("--eval-every", type=int, default=200, help="eval loss at Lt every N steps; 0 = never (default: %(default)s)")
 add("--eval-docs", type=int, default=8, help="the last N documents of >= Lt tokens, held out for the eval loss (default: %(default)s)")
-add("--ckpt-every", type=int, default=250, help="write <out-dir>/ckpt.pt every N steps and at the end (default: %(default)s)")
+add("--ckpt-every", type=int, default=250, help="write <out-dir>/ckpt.pt every N steps and at the end; 0 = only at the "
+    "end (default: %(default)s)")
 add("--stop-after", type=int, help="checkpoint and stop after this step (e.g. a job time limit); continue with --resume")
 add("--resume", action="store_true", help="continue from <out-dir>/ckpt.pt")
 add("--seed", type=int, default=1337, help="seeds the fresh model and the data order (default: %(default)s)")
@@ -101,6 +106,13 @@ seq_len = args.target_len if args.method == "full" else args.train_len
 eval_len = args.train_len if args.method == "plain" else args.target_len
 if args.target_len <= args.train_len and args.method != "plain":
     parser.error(f"--target-len {args.target_len} must be greater than --train-len {args.train_len}: PoSE extends the window")
+if args.method == "cream" and args.target_len % args.train_len:
+    parser.error(f"--method cream: --target-len {args.target_len} must be a multiple of --train-len {args.train_len}")
+if args.method == "cream" and args.train_len <= 8 * (args.target_len // args.train_len):
+    parser.error(f"--method cream: --train-len {args.train_len} leaves no middle between its continuity head and tail of "
+                 f"4 x {args.target_len // args.train_len} tokens each")
+if args.method == "cream" and not args.cream_sigma > 0:
+    parser.error(f"--cream-sigma must be > 0, got {args.cream_sigma}")
 if not 1 <= args.num_chunks <= args.train_len:
     parser.error(f"--num-chunks must be in 1..{args.train_len}, got {args.num_chunks}")
 if args.global_batch % (world_size * args.micro_batch):
@@ -109,8 +121,9 @@ grad_accum = args.global_batch // (world_size * args.micro_batch)
 if args.init_from and not os.path.isfile(os.path.join(args.init_from, "config.json")):
     parser.error(f"checkpoint {args.init_from}/config.json not found: pass --init-from DIR (a Hugging Face LLaMA/Mistral "
                  f"folder with config.json and *.safetensors) or --config tiny|CONFIG.json for a fresh model")
-if not os.path.isfile(args.data + ".bin"):
-    parser.error(f"data {args.data}.bin not found: make it with `python prepare_data.py --tokenizer TOKENIZER --out {args.data} "
+if not all(os.path.isfile(args.data + ext) for ext in (".bin", ".idx.npy", ".json")):
+    missing = next(ext for ext in (".bin", ".idx.npy", ".json") if not os.path.isfile(args.data + ext))
+    parser.error(f"data {args.data}{missing} not found: make it with `python prepare_data.py --tokenizer TOKENIZER --out {args.data} "
                  f"--min-tokens {args.train_len} TEXTS...` or pass --data PREFIX")
 ckpt_path = os.path.join(args.out_dir, "ckpt.pt")
 if args.resume and not os.path.isfile(ckpt_path):
@@ -137,7 +150,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP  # noqa: E402
 from load_hf_weights import load_config, load_model, save_model, with_rope  # noqa: E402
 from device import DTYPES, compile_blocks, pick_compile, pick_device, pick_dtype  # noqa: E402
 from model import Llama, LlamaConfig  # noqa: E402
-from pose_sampler import sample_clex, sample_full_length, sample_pose, sample_randpos  # noqa: E402
+from pose_sampler import sample_clex, sample_cream, sample_full_length, sample_pose, sample_randpos  # noqa: E402
 from prepare_data import TokenDocs  # noqa: E402
 from tasks import PasskeyWindows, copy_window  # noqa: E402
 
@@ -251,6 +264,8 @@ def sample(doc, step, rng, whole=False):
         return sample_randpos(doc, args.train_len, args.target_len, rng=rng)
     if args.method == "clex":
         return sample_clex(doc, args.train_len, clex_factor(step), args.train_len, rng=rng)
+    if args.method == "cream":  # a synthetic window (shorter than Lt) stays in one piece: the sampler's fallback
+        return sample_cream(doc, args.train_len, args.target_len, args.cream_sigma, rng=rng)
     return sample_pose(doc, args.train_len, args.target_len, args.num_chunks, rng=rng, contiguous_content=whole)
 
 
@@ -266,7 +281,9 @@ def get_example(e):
         # The official code cuts each document to its first 5 Lc tokens (PoSE's content skips stay within them).
         # We take a random 5 Lc span instead: with a few long documents (the demo's plays) the first spans
         # would be all the text a run ever sees. Plain and full-length windows may start anywhere.
-        span = len(doc) if args.method in ("full", "plain") else max(5 * args.train_len, min_len)
+        # CREAM reads tokens at their position ids: a span of Lt tokens.
+        span = len(doc) if args.method in ("full", "plain") else args.target_len if args.method == "cream" else \
+            max(5 * args.train_len, min_len)
         begin = int(rng.integers(len(doc) - min(span, len(doc)) + 1))
         x, pos = sample(np.asarray(doc[begin:begin + span], dtype=np.int64), step, rng)
         return x, pos, x
@@ -353,7 +370,7 @@ if master_process:
 if args.resume:
     ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)  # every rank reads it; mmap: no copy
     same = ("method", "train_len", "target_len", "orig_len", "num_chunks", "rope", "global_batch", "max_steps", "lr", "min_lr", "warmup",
-            "decay", "weight_decay", "seed", "data", "mix", "mix_from", "gap_warmup")
+            "decay", "weight_decay", "seed", "data", "mix", "mix_from", "gap_warmup", "cream_sigma")
     changed = [f"--{k.replace('_', '-')} {ckpt['args'].get(k)} -> {getattr(args, k)}" for k in same
                if ckpt["args"].get(k, parser.get_default(k)) != getattr(args, k)]
     if changed:
@@ -412,7 +429,7 @@ while True:
         eval_loss = evaluate()
         print0(f"step {step} | eval loss at {eval_len} tokens {eval_loss:.4f}")
         write_log(dict(step=step, eval_loss=eval_loss))
-    if step > start_step and (step % args.ckpt_every == 0 or last_step):
+    if step > start_step and ((args.ckpt_every and step % args.ckpt_every == 0) or last_step):
         save_checkpoint(step)
     if last_step:
         break

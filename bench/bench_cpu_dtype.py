@@ -7,10 +7,13 @@ checkpointing on or off? Cases alternate round by round in one process, so they 
 
 Prints: one matrix product (1024x576 @ 576x1536, the MLP's shape) in bf16 and fp32; a loss forward of
 --bf16-tokens tokens under bf16 autocast and in fp32; forward + backward of --tokens tokens in fp32 with
-and without activation checkpointing. Medians over --rounds, and ratios. bf16 is only fast on CPUs with
-native bf16 (AVX512-BF16, AMX); on AVX2 machines torch falls back to slow kernels.
+and without activation checkpointing. Medians over --rounds, and ratios, also written to --out (JSON, with
+the command). bf16 is only fast on CPUs with native bf16 (AVX512-BF16, AMX); on AVX2 machines torch falls back
+to slow kernels.
 """
 import argparse
+import json
+import os
 import statistics
 import sys
 import time
@@ -28,6 +31,7 @@ parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (d
 parser.add_argument("--rounds", type=int, default=2, help="repeats of every case (default: %(default)s)")
 parser.add_argument("--tokens", type=int, default=1024, help="sequence for the AC comparison (default: %(default)s)")
 parser.add_argument("--bf16-tokens", type=int, default=256, help="sequence for the bf16 forward (default: %(default)s)")
+parser.add_argument("--out", default="results/bench/cpu_dtype.json", help="JSON of the figures (default: %(default)s)")
 args = parser.parse_args()
 if not (Path(args.model) / "config.json").is_file():
     sys.exit(f"error: no model at {args.model}: run `make smollm2` or pass --model DIR")
@@ -78,5 +82,12 @@ print(f"{args.threads} threads, torch {torch.__version__}, CPU capability {torch
 for k, v in med.items():
     print(f"{k:>36}: {v:8.4f} s")
 names = list(med)
-for slow, fast in ((0, 1), (2, 3), (4, 5)):
-    print(f"{names[slow]} / {names[fast]}: {med[names[slow]] / med[names[fast]]:.2f}")
+ratios = {f"{names[slow]} / {names[fast]}": med[names[slow]] / med[names[fast]] for slow, fast in ((0, 1), (2, 3), (4, 5))}
+for name, r in ratios.items():
+    print(f"{name}: {r:.2f}")
+Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+Path(args.out).write_text(json.dumps({
+    "command": " ".join(["python", *sys.argv]), "model": args.model, "threads": args.threads, "rounds": args.rounds,
+    "torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+    "load_average": os.getloadavg()[0], "seconds": times, "median_s": med, "ratios": ratios}, indent=1) + "\n")
+print(f"wrote {args.out}")

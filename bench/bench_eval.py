@@ -2,7 +2,7 @@
 Evaluation cost on the real SmolLM2-135M checkpoint, ours vs transformers, each case in a fresh process.
 
     python bench/bench_eval.py                                  # PPL windows at 4k, 8k, 16k; passkey at 4k
-    python bench/bench_eval.py --lens 4096 --passkey-trials 2 --threads 1 --out results/bench_eval.json
+    python bench/bench_eval.py --lens 4096 --passkey-trials 2 --threads 1 --out results/bench/bench_eval.json
 
 - ppl: one no-grad perplexity window of T tokens of Hamlet (Project Gutenberg, BOS first). Ours:
   model(ids, labels=ids), whose loss never holds the [T, V] logits; transformers: model(ids, labels=ids).loss,

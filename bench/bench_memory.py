@@ -1,15 +1,16 @@
 """
 Peak memory on the real SmolLM2-135M checkpoint, ours vs transformers, each case in a fresh process.
 
-    python bench/bench_memory.py                   # load, then a loss forward at 8k and 16k tokens
-    python bench/bench_memory.py --lens 4096       # other lengths
+    python bench/bench_memory.py                   # load, then a loss forward at 8k and 16k: results/bench/memory.json
+    python bench/bench_memory.py --lens 4096 --out /tmp/memory.json      # other lengths
 
 - load: peak RSS of `load_model` vs `from_pretrained` (fp32), against the weights' size on disk,
   after every weight has been read once (both sides memory-map the safetensors file).
 - loss: peak RSS of one no-grad forward that returns the next-token loss at T tokens. transformers
   builds the [T, V] logits in fp32; ours never does (chunked loss). RSS includes the ~0.3 GB of
   the Python/torch runtime, printed as "baseline".
-Run it on an otherwise idle machine: it also prints the wall-clock of each case.
+Run it on an otherwise idle machine: it also prints the wall-clock of each case. Everything printed is
+also written to --out (JSON, with the command and the machine's load average).
 """
 import argparse
 import json
@@ -18,6 +19,7 @@ import resource
 import subprocess
 import sys
 import time
+from importlib.metadata import version
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -59,6 +61,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None, help="HF folder (default: cache/SmolLM2-135M-Instruct, built if missing)")
     parser.add_argument("--lens", type=int, nargs="+", default=[8192, 16384], help="loss-forward lengths (default: 8192 16384)")
+    parser.add_argument("--out", default="results/bench/memory.json", help="JSON of the figures (default: %(default)s)")
     parser.add_argument("--case", default=None, help=argparse.SUPPRESS)  # internal: run one case in this process
     parser.add_argument("--T", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -84,10 +87,17 @@ def main():
     print(f"{'load: above baseline':<22} | {ours['peak_gb'] - base:>8.3f} | {hf['peak_gb'] - base:>8.3f} | "
           f"{(ours['peak_gb'] - base) / (hf['peak_gb'] - base):>7.2f} |  (÷ disk: ours {(ours['peak_gb'] - base) / disk:.2f}×, "
           f"HF {(hf['peak_gb'] - base) / disk:.2f}×)")
+    report = {"command": " ".join(["python", *sys.argv]), "model": args.model, "weights_on_disk_gb": disk,
+              "baseline_gb": base, "load": {"ours": ours, "transformers": hf}, "loss_forward": [],
+              "torch": version("torch"), "transformers": version("transformers"), "load_average": os.getloadavg()[0]}
     for T in args.lens:
         o, h = measure("ours_loss", T), measure("hf_loss", T)
         print(f"{f'loss forward {T}':<22} | {o['peak_gb']:>8.3f} | {h['peak_gb']:>8.3f} | {o['peak_gb'] / h['peak_gb']:>7.2f} | "
               f"{o['seconds']:>7.1f} | {h['seconds']:>7.1f}   (loss ours {o['loss']:.5f}, HF {h['loss']:.5f})")
+        report["loss_forward"].append({"tokens": T, "ours": o, "transformers": h})
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ Cost of one training step on CPU: PoSE at Lc vs plain training at Lc vs full-len
 
     python bench/bench_train_step.py                      # Lc = 128, Lt / Lc = 2, 4, 8, 16 sequences per step
     python bench/bench_train_step.py --ac --reps 12       # with activation checkpointing, more repeats
+    (the figures also go to --out: results/bench/train_step.json, train_step_ac.json with --ac)
     python bench/bench_train_step.py --threads 2 --clock wall
 
 A step is what train.py does: draw 16 examples (the sampler included), forward with the loss,
@@ -45,6 +46,7 @@ parser.add_argument("--mem-runs", type=int, default=1, help="fresh processes per
 parser.add_argument("--threads", type=int, default=1, help="torch threads (default: %(default)s)")
 parser.add_argument("--clock", choices=["cpu", "wall"], default="cpu", help="CPU time of this process or wall-clock (default: cpu)")
 parser.add_argument("--ac", action="store_true", help="activation checkpointing per block (train.py's default)")
+parser.add_argument("--out", help="JSON of the figures (default: results/bench/train_step.json; train_step_ac.json with --ac)")
 parser.add_argument("--child", nargs=2, metavar=("CASE", "RATIO"), help=argparse.SUPPRESS)  # memory of one case
 args = parser.parse_args()
 torch.set_num_threads(args.threads)
@@ -109,11 +111,13 @@ print(f"model: {n_params / 1e6:.2f}M params ({CONFIG}); Lc = {Lc}, {args.batch} 
       f"load average {os.getloadavg()[0]:.1f}")
 CASES = ("plain", "pose", "full")
 _, _, docs = setup(max(args.ratios))
+sampler_ms = {}
 for case in ("plain", "pose"):  # the only work in which PoSE and plain differ: drawing the examples
     rng, t0 = np.random.default_rng(0), time.perf_counter()
     for _ in range(50):
         batch(docs, case, max(args.ratios), rng)
-    print(f"sampler, {args.batch} examples: {case} {(time.perf_counter() - t0) / 50 * 1e3:.2f} ms per step")
+    sampler_ms[case] = (time.perf_counter() - t0) / 50 * 1e3
+    print(f"sampler, {args.batch} examples: {case} {sampler_ms[case]:.2f} ms per step")
 rows = []
 for ratio in args.ratios:
     model, opt, docs = setup(ratio)
@@ -152,3 +156,16 @@ goals = [("time pose/plain <= 1.03", max(r[1]["pose/plain"] for r in rows) <= 1.
          (f"time pose/full at {ratio}x <= 0.15", t["pose/full"] <= 0.15),
          (f"memory pose/full at {ratio}x <= 0.3", mem["pose"]["step"] / mem["full"]["step"] <= 0.3)]
 print("\ngoals: " + "; ".join(f"{name}: {'met' if ok else 'NOT met'}" for name, ok in goals))
+out = Path(args.out or f"results/bench/train_step{'_ac' if args.ac else ''}.json")
+out.parent.mkdir(parents=True, exist_ok=True)
+out.write_text(json.dumps({
+    "command": " ".join(["python", *sys.argv]), "params": n_params, "config": CONFIG, "train_len": Lc, "batch": args.batch,
+    "ac": args.ac, "threads": args.threads, "clock": args.clock, "reps": args.reps, "torch": torch.__version__,
+    "load_average": os.getloadavg()[0], "goals": dict(goals), "sampler_ms_per_step": sampler_ms,
+    "results": [{"ratio": ratio, "target_len": ratio * Lc, "seconds": {c: t[c] for c in CASES},
+                 "pose_over_plain_time": t["pose/plain"], "pose_over_full_time": t["pose/full"],
+                 "step_mb": {c: mem[c]["step"] for c in CASES}, "base_mb": mem["pose"]["base"],
+                 "pose_over_plain_memory": mem["pose"]["step"] / mem["plain"]["step"],
+                 "pose_over_full_memory": mem["pose"]["step"] / mem["full"]["step"]} for ratio, t, mem in rows]},
+    indent=1) + "\n")
+print(f"wrote {out}")

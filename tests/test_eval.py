@@ -216,6 +216,52 @@ def test_ppl_cli(tiny_dir, tmp_path):
         assert all(r["ppl"] > 1 and r["tokens"] > 0 for r in data["results"])
 
 
+LONGROPE = {"rope_type": "longrope", "short_factor": [1.0, 1.2, 1.5, 2.0], "long_factor": [1.0, 2.0, 4.0, 8.0]}
+
+
+@pytest.mark.parametrize("rope", [{"rope_type": "dynamic", "factor": 2.0}, LONGROPE], ids=["dynamic", "longrope"])
+def test_length_dependent_rope_scores_each_length_alone(tiny_dir, rope):
+    """dynamic NTK and longrope pick their frequencies from how far the input reaches (here: past the
+    checkpoint's 256 positions or not), so the window ids[:L] is its own forward at each L: one pass
+    through the KV cache would score L = 400 partly with the frequencies of the first 200 tokens."""
+    model = load_model(tiny_dir, rope=rope).eval()
+    docs = docs_of(500, 450)
+    res = {r["length"]: r for r in eval_ppl.evaluate(model, docs, [200, 400], "truncate", log=lambda s: None)}
+    for L in (200, 400):
+        nll = sum(direct_nll(model, d[:, :L]) for d in docs)
+        assert res[L]["ppl"] == pytest.approx(math.exp(nll / (2 * (L - 1))), rel=1e-5)
+    one_pass = eval_ppl.truncate_nll(model, docs[0], [200, 400])  # what the per-length path avoids
+    assert abs(one_pass[400][0] / direct_nll(model, docs[0][:, :400]) - 1) > 1e-3
+
+
+def test_ppl_max_docs_counts_only_long_enough_documents(tiny_dir, tmp_path):
+    texts = ("short", "x y z " * 50, "Once " * 60)  # the first is below --min-tokens: it does not count
+    (tmp_path / "a.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    out = tmp_path / "ppl.json"
+    eval_ppl.main(["--model", str(tiny_dir), "--data", str(tmp_path / "a.jsonl"), "--len", "128", "--min-tokens", "100",
+                   "--max-docs", "1", "--out", str(out)])
+    data = json.loads(out.read_text())
+    assert data["settings"]["documents"] == ["a.jsonl:2"] and data["results"][0]["documents"] == 1
+
+
+def test_ppl_compare_draws_earlier_runs(tiny_dir, tmp_path, monkeypatch):
+    """--compare A.json B.json --out P.png draws one line per run (alone, or beside the run just made)."""
+    pytest.importorskip("matplotlib")
+    runs = {"yarn": [(128, 9.0), (256, 7.5)], "base": [(128, 8.0), (256, 30.0), (512, None)]}
+    for name, pts in runs.items():
+        (tmp_path / f"{name}.json").write_text(json.dumps({"results": [{"length": L, "ppl": v} for L, v in pts]}))
+    drawn = []
+    monkeypatch.setattr(eval_ppl, "save_png", lambda fig, out: drawn.append(
+        (str(out), [(line.get_label(), list(zip(line.get_xdata(), line.get_ydata()))) for line in fig.axes[0].get_lines()])))
+    compare = ["--compare", str(tmp_path / "yarn.json"), str(tmp_path / "base.json")]
+    eval_ppl.main([*compare, "--out", str(tmp_path / "plot.png")])
+    assert drawn == [(str(tmp_path / "plot.png"), [("yarn", runs["yarn"]), ("base", runs["base"][:2])])]  # no point for None
+    (tmp_path / "a.txt").write_text("Once upon a time. " * 30)
+    eval_ppl.main(["--model", str(tiny_dir), "--data", str(tmp_path / "a.txt"), "--len", "128", *compare,
+                   "--out", str(tmp_path / "new.json")])
+    assert [label for label, _ in drawn[1][1]] == ["yarn", "base", "new"]
+
+
 @pytest.mark.parametrize("script, argv, message", [
     (eval_passkey, ["--model", "nowhere", "--len", "1k"], "no model at nowhere"),
     (eval_passkey, ["--len", "100", "--trials", "1"], "below the prompt's fixed part"),
@@ -224,10 +270,16 @@ def test_ppl_cli(tiny_dir, tmp_path):
     (eval_ppl, ["--data", "MISSING", "--len", "64"], "cannot read --data"),
     (eval_ppl, ["--len", "64"], "--data is required"),
     (eval_ppl, ["--data", "EMPTY", "--len", "64", "--mode", "sliding", "--stride", "64"], "--stride must be"),
+    (eval_passkey, ["--len", "400", "700", "--trials", "1", "2", "3"], "--trials: one number or one per length (2), got 3"),
+    (eval_passkey, ["--len", "400", "--depths", "0.5", "1.5"], "--depths must lie in [0, 1]"),
+    (eval_passkey, ["--len", "400", "--reuse", "MISSING"], "--reuse MISSING: [Errno 2] No such file or directory"),
+    (eval_passkey, ["--len", "400", "--reuse", "EMPTY"], "--reuse EMPTY: Expecting value: line 1 column 1"),
 ])
 def test_bad_input(tiny_dir, tmp_path, capsys, script, argv, message):
     (tmp_path / "empty.txt").write_text("")
-    argv = [{"EMPTY": str(tmp_path / "empty.txt"), "MISSING": str(tmp_path / "missing.txt")}.get(a, a) for a in argv]
+    paths = {"EMPTY": str(tmp_path / "empty.txt"), "MISSING": str(tmp_path / "missing.txt")}
+    argv = [paths.get(a, a) for a in argv]
+    message = message.replace("MISSING", paths["MISSING"]).replace("EMPTY", paths["EMPTY"])
     if "--model" not in argv:
         argv += ["--model", str(tiny_dir)]
     with pytest.raises(SystemExit) as e:
@@ -253,3 +305,25 @@ def test_passkey_stopped_run_keeps_finished_lengths(tiny_dir, tmp_path, monkeypa
     eval_passkey.main([*argv, "--reuse", str(out), "--out", str(out)])
     assert capsys.readouterr().out.count(" trial ") == 2  # only the two at 700 ran
     assert [r["length"] for r in json.loads(out.read_text())["results"]] == [400, 700]
+
+
+def test_passkey_stopped_run_keeps_finished_trials(tiny_dir, tmp_path, monkeypatch, capsys):
+    """Stopped inside a length (a 32k trial takes minutes), the JSON keeps every finished trial; --reuse goes on."""
+    out, real, calls = tmp_path / "pk.json", eval_passkey.greedy, []
+    def stop_at_third(*a, **k):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+    monkeypatch.setattr(eval_passkey, "greedy", stop_at_third)
+    argv = ["--model", str(tiny_dir), "--len", "400", "--trials", "4", "--max-new-tokens", "2"]
+    with pytest.raises(KeyboardInterrupt):
+        eval_passkey.main([*argv, "--out", str(out)])
+    partial = json.loads(out.read_text())
+    assert partial["settings"]["complete"] is False and len(partial["trials"]) == 2 and partial["results"] == []
+    monkeypatch.setattr(eval_passkey, "greedy", real)
+    capsys.readouterr()
+    eval_passkey.main([*argv, "--reuse", str(out), "--out", str(out)])
+    assert capsys.readouterr().out.count(" trial ") == 2  # only the two missing ones ran
+    done = json.loads(out.read_text())
+    assert done["settings"]["complete"] is True and done["results"][0]["trials"] == 4

@@ -19,6 +19,8 @@ OUR_SCHEMES = {  # our rope_scaling (as a --rope override would give it) -> how 
     "yarn": ({"rope_type": "yarn", "factor": 4.0}, "longrope"),
     "yarn_original": ({"rope_type": "yarn_original", "factor": 4.0}, "yarn"),
     "llama3": ({"rope_type": "llama3", "factor": 4.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0}, "llama3"),
+    "longrope": ({"rope_type": "longrope", "factor": 4.0, "short_factor": [1.0 + 0.1 * i for i in range(8)],
+                  "long_factor": [1.0 + 0.5 * i for i in range(8)]}, "longrope"),  # short below 64 positions, long above
 }
 
 
@@ -160,6 +162,47 @@ def test_sharded_index_names_missing_shard(tmp_path):
     next((tmp_path / "ck").glob("model-00002-*.safetensors")).unlink()
     with pytest.raises(FileNotFoundError, match="model-00002-of-.*: listed in model.safetensors.index.json but missing"):
         load_model(tmp_path / "ck")
+
+
+@pytest.mark.parametrize("index", ["{not json", '{"metadata": {}}'])
+def test_corrupt_shard_index(tmp_path, index):
+    save_model(tiny_model(), tmp_path / "ck", max_shard_bytes=30_000)
+    (tmp_path / "ck/model.safetensors.index.json").write_text(index)
+    with pytest.raises(ValueError, match=r"model.safetensors.index.json: expected JSON with a 'weight_map' \("):
+        load_model(tmp_path / "ck")
+
+
+def test_pytorch_model_bin_only(saved):
+    (saved / "model.safetensors").rename(saved / "pytorch_model.bin")
+    with pytest.raises(FileNotFoundError, match=r"no model.safetensors or model.safetensors.index.json "
+                                                r"\(pytorch_model.bin is not supported: convert it to safetensors\)"):
+        load_model(saved)
+
+
+@pytest.mark.parametrize("existing", [False, True])
+def test_failed_save_leaves_no_half_written_folder(tmp_path, monkeypatch, existing):
+    """A save that fails at its second shard (disk full, Ctrl-C): no temporary folder left, and the
+    folder is absent or still the old complete one."""
+    import load_hf_weights
+    if existing:
+        save_model(tiny_model(seed=1), tmp_path / "ck")
+    before = sorted((tmp_path / "ck").iterdir()) if existing else None
+    real, written = load_hf_weights.save_file, []
+
+    def fail_second(tensors, filename, metadata=None):
+        if written:
+            raise OSError(28, "No space left on device")
+        written.append(filename)
+        real(tensors, filename, metadata=metadata)
+    monkeypatch.setattr(load_hf_weights, "save_file", fail_second)
+    with pytest.raises(OSError, match="No space left on device"):
+        save_model(tiny_model(), tmp_path / "ck", max_shard_bytes=30_000)
+    assert written and [p.name for p in tmp_path.iterdir()] == (["ck"] if existing else [])
+    if existing:
+        assert sorted((tmp_path / "ck").iterdir()) == before
+        ids = torch.arange(10)[None]
+        with torch.no_grad():
+            assert_logits_close(load_model(tmp_path / "ck")(ids), tiny_model(seed=1)(ids), atol=0)  # the old model
 
 
 def test_unknown_rope_type(saved):

@@ -1,9 +1,11 @@
 """Our Llama against transformers' LlamaForCausalLM / MistralForCausalLM on the same random weights."""
+import copy
+
 import pytest
 import torch
 
 from load_hf_weights import load_model
-from model import KVCache, Llama, LlamaConfig
+from model import Block, KVCache, Llama, LlamaConfig
 
 transformers = pytest.importorskip("transformers")
 
@@ -28,6 +30,8 @@ CONFIGS = {
 }
 # PoSE-style position ids: two chunks, the second pushed far beyond the input length
 POSE_POS = torch.cat([torch.arange(20), torch.arange(300, 340)])
+# ... and further: at 4k a frequency rounded to 16 bits turns the angle by ~0.1 rad (bf16) / 0.01 rad (fp16)
+FAR_POS = torch.cat([torch.arange(20), torch.arange(4000, 4040)])
 
 
 def make_hf(tmp_path, cls="LlamaForCausalLM", save_dtype=None, shard=None, seed=0, **overrides):
@@ -57,6 +61,37 @@ def assert_logits_close(a, b, atol=1e-4):
     assert diff.max().item() <= atol, f"max abs diff {diff.max().item():.3g}, mean {diff.mean().item():.3g}"
 
 
+def rel_err(a, b):
+    """|a - b| / |b| over the whole tensor (Frobenius norms), in fp32."""
+    return ((a.float() - b.float()).norm() / b.float().norm()).item()
+
+
+# Relative error of 16-bit logits against fp32 at FAR_POS on the random weights below (std 0.2, so that
+# attention and hence the logits depend strongly on positions), seeds 0-3: 0.019-0.022 (bf16), 0.0024-0.0027
+# (fp16); gradients (all parameters together) within 2 x the tolerance. Bugs move them further: the second
+# chunk one position off 0.14-0.15 (fp32), inv_freq rounded to the weights' dtype 0.15 (bf16) / 0.04-0.05 (fp16).
+LOW_PRECISION_TOL = {torch.bfloat16: 0.035, torch.float16: 0.005}
+
+
+def assert_tol_sees_wrong_rope(model, ids, pos, ref, tol):
+    """The fp32 logits with broken positions are further from `ref` than 2.5 x tol: the skip ignored
+    (0..T-1), the second chunk one position off, the RoPE factor halved. A shift of *all* positions
+    would be invisible to any test, rightly: RoPE sees only differences."""
+    rs = model.config.rope_scaling
+    jump = int((pos[1:] - pos[:-1]).argmax()) + 1  # where the second chunk starts
+    broken = {"positions 0..T-1": dict(position_ids=torch.arange(len(pos))),
+              "second chunk +1": dict(position_ids=torch.cat([pos[:jump], pos[jump:] + 1]))}
+    with torch.no_grad():
+        errors = {name: rel_err(model(ids, **kw), ref) for name, kw in broken.items()}
+        if rs and "factor" in rs:
+            model.config.rope_scaling = dict(rs, factor=rs["factor"] / 2)
+            try:
+                errors["factor / 2"] = rel_err(model(ids, pos), ref)
+            finally:
+                model.config.rope_scaling = rs
+    assert min(errors.values()) > 2.5 * tol, f"a wrong RoPE moves the logits by only {errors}, tolerance {tol}"
+
+
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_logits_match_transformers(tmp_path, name):
     hf = make_hf(tmp_path, **CONFIGS[name])
@@ -77,7 +112,8 @@ def test_mistral_sliding_window_matches(tmp_path):
 
 
 def test_bf16_on_disk_and_sharded(tmp_path):
-    hf = make_hf(tmp_path, save_dtype=torch.bfloat16, shard="40KB", num_key_value_heads=2)
+    hf = make_hf(tmp_path, save_dtype=torch.bfloat16, shard="40KB", num_key_value_heads=2, initializer_range=0.2,
+                 rope_scaling={"rope_type": "linear", "factor": 4.0})
     assert (tmp_path / "model.safetensors.index.json").exists()
     ours = load_model(tmp_path)
     ids = torch.randint(0, 97, (1, 40))
@@ -85,8 +121,11 @@ def test_bf16_on_disk_and_sharded(tmp_path):
         assert_logits_close(ours(ids, POSE_POS[:40]), hf_logits(hf, ids, POSE_POS[:40]))
     bf16 = load_model(tmp_path, dtype=torch.bfloat16)
     assert bf16.embed_tokens.weight.dtype == torch.bfloat16
+    ref, tol = hf_logits(hf, ids, FAR_POS[:40]), LOW_PRECISION_TOL[torch.bfloat16]
     with torch.no_grad():
-        assert_logits_close(bf16(ids).float(), hf_logits(hf, ids), atol=0.1)  # bf16 arithmetic
+        err = rel_err(bf16(ids, FAR_POS[:40]), ref)  # bf16 arithmetic
+    assert err <= tol, f"bf16 logits off by {err:.3g} relative to transformers' fp32"
+    assert_tol_sees_wrong_rope(load_model(tmp_path), ids, FAR_POS[:40], ref, tol)
 
 
 def test_loss_matches_transformers_and_is_chunked(tmp_path):
@@ -102,27 +141,44 @@ def test_loss_matches_transformers_and_is_chunked(tmp_path):
         torch.testing.assert_close(loss, hf_loss, atol=1e-5, rtol=0)
         total = ours(ids, POSE_POS[:50], labels=labels, reduction="sum")
         torch.testing.assert_close(total / (labels[:, 1:] != -100).sum(), hf_loss, atol=1e-5, rtol=0)
-    # gradients through the recomputed chunks equal transformers'
+    # the gradient of every parameter, taken in the chunked loss's forward pass, equals transformers', at PoSE positions
     ours.zero_grad()
-    ours(ids, labels=labels).backward()
+    ours(ids, POSE_POS[:50], labels=labels).backward()
     hf.zero_grad()
-    hf(ids, labels=labels).loss.backward()
-    torch.testing.assert_close(ours.embed_tokens.weight.grad, hf.model.embed_tokens.weight.grad, atol=1e-5, rtol=1e-4)
-    torch.testing.assert_close(ours.layers[1].mlp.down_proj.weight.grad, hf.model.layers[1].mlp.down_proj.weight.grad,
-                               atol=1e-5, rtol=1e-4)
+    hf(ids, labels=labels, position_ids=POSE_POS[:50].expand(2, -1), attention_mask=torch.ones_like(ids)).loss.backward()
+    theirs = {name.removeprefix("model."): p.grad for name, p in hf.named_parameters()}
+    assert theirs.keys() == dict(ours.named_parameters()).keys()  # tied: no lm_head.weight on either side
+    for name, p in ours.named_parameters():
+        torch.testing.assert_close(p.grad, theirs[name], atol=1e-5, rtol=1e-4, msg=lambda m: f"{name}: {m}")
 
 
-def test_activation_checkpointing_same_gradients():
+def test_activation_checkpointing_same_gradients_by_recomputing(monkeypatch):
+    """With activation_checkpointing each block runs again in backward (without: once), keeps only its
+    input, and the gradients are bit-identical."""
     torch.manual_seed(0)
     model = Llama(LlamaConfig(**BASE, num_key_value_heads=2))
     model.init_weights()
     ids = torch.randint(0, 97, (2, 40))
-    grads = []
+    calls, forward = [], Block.forward
+
+    def counted(self, *a, **k):
+        calls.append((self.self_attn.layer_idx, torch._C._current_graph_task_id() >= 0))  # >= 0: inside backward
+        return forward(self, *a, **k)
+    monkeypatch.setattr(Block, "forward", counted)
+    grads, saved = [], []
     for ac in (False, True):
         model.zero_grad()
         model.activation_checkpointing = ac
-        model(ids, POSE_POS[:40], labels=ids).backward()
+        calls.clear()
+        sizes = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: sizes.append(t.numel()) or t, lambda t: t):
+            loss = model(ids, POSE_POS[:40], labels=ids)
+        loss.backward()
+        saved.append(sum(sizes))
         grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+        recomputed = [(0, True), (1, True)] if ac else []
+        assert calls == [(0, False), (1, False)] + recomputed[::-1], calls  # backward goes from the last block down
+    assert saved[1] < saved[0] / 3, saved  # with AC, the blocks' insides are not kept for backward
     for n in grads[0]:
         torch.testing.assert_close(grads[0][n], grads[1][n], atol=0, rtol=0, msg=n)
 
@@ -158,18 +214,33 @@ def test_greedy_decoding_equals_transformers_generate(tmp_path):
     assert out == expected
 
 
-def test_dtypes_run():
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_logits_loss_and_gradients(dtype):
+    """16-bit weights and activations: logits, loss and every gradient within LOW_PRECISION_TOL (relative)
+    of fp32 at PoSE positions reaching 4k, where a wrong RoPE is further off than that."""
     torch.manual_seed(0)
-    model = Llama(LlamaConfig(**BASE))
-    model.init_weights()
-    ids = torch.randint(0, 97, (1, 16))
-    ref = model(ids).detach()
-    for dtype in (torch.bfloat16, torch.float16):
-        out = model.to(dtype)(ids)
-        assert out.dtype == dtype and torch.isfinite(out).all()
-        assert (out.float() - ref).abs().max() < 0.05
-        model.to(dtype)(ids, labels=ids).backward()  # the loss is computed in fp32 whatever the weights
-        model.float().zero_grad()
+    model = Llama(LlamaConfig(**BASE, rope_scaling={"rope_type": "linear", "factor": 4.0}))
+    model.init_weights(std=0.2)
+    ids, tol = torch.randint(0, 97, (2, 60)), LOW_PRECISION_TOL[dtype]
+    loss = model(ids, FAR_POS, labels=ids)
+    loss.backward()
+    with torch.no_grad():
+        ref = model(ids, FAR_POS)
+    assert_tol_sees_wrong_rope(model, ids, FAR_POS, ref, tol)
+    low = copy.deepcopy(model).to(dtype)
+    low.zero_grad()
+    with torch.no_grad():
+        out = low(ids, FAR_POS)
+    assert out.dtype == dtype and rel_err(out, ref) <= tol, rel_err(out, ref)
+    low_loss = low(ids, FAR_POS, labels=ids)
+    assert low_loss.dtype == torch.float32  # the loss is computed in fp32 whatever the weights
+    assert abs(low_loss.item() - loss.item()) <= tol * loss.item()
+    low_loss.backward()
+    for name, p in low.named_parameters():
+        assert p.grad.dtype == dtype and torch.isfinite(p.grad).all(), name
+    flat = lambda m: torch.cat([p.grad.float().flatten() for p in m.parameters()])
+    err = rel_err(flat(low), flat(model))
+    assert err <= 2 * tol, f"{dtype} gradients off by {err:.3g} relative to fp32"
 
 
 def test_config_errors():

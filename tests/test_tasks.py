@@ -126,14 +126,19 @@ def test_demo_quick(tmp_path):
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     res = json.loads(out.read_text())
     variants = {r["variant"] for r in res["results"]}
-    assert len(variants) >= 7 and {"PoSE yarn", "full-length yarn", "base (plain RoPE)"} <= variants
+    assert len(variants) >= 9 and {"PoSE yarn", "CREAM yarn", "full-length yarn", "base (plain RoPE)"} <= variants
     assert {(r["variant"], r["length"]) for r in res["results"]} == {(v, L) for v in variants for L in (128, 256)}
     for r in res["results"]:
         assert 0 <= r["passkey"] <= 1 and r["ppl"] > 1
+        trials = r["passkey_trials_by_depth"]  # per-depth accuracy kept for every model and length
+        assert sum(trials.values()) == 3 and r["passkey"] == pytest.approx(
+            sum(r["passkey_by_depth"][d] * n for d, n in trials.items()) / 3)
+    assert set(res["passkey_by_depth_all_lengths"]) == variants
+    assert res["step_costs"]["cream-yarn"]["step_time_s"] > 0
     assert res["step_costs"]["pose-yarn"]["step_time_s"] > 0 and res["settings"]["quick"]
     assert "passkey accuracy" in p.stdout
     try:
         import matplotlib  # noqa: F401
-        assert (tmp_path / "demo_passkey.png").stat().st_size > 1000
+        assert (tmp_path / "demo_passkey.png").stat().st_size > 1000 and (tmp_path / "demo_depth.png").stat().st_size > 1000
     except ImportError:
         pass

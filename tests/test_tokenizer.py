@@ -171,6 +171,20 @@ def test_errors(tmp_path):
         load_tokenizer(tmp_path)
 
 
+@pytest.mark.parametrize("name, content, says", [
+    ("tokenizer.json", '{"model": {"type": "BPE", "vocab": {', "not valid JSON ("),  # a truncated download
+    ("tokenizer.json", "[1, 2]", "expected a JSON object, got list"),
+    ("config.json", "{bos_token_id: 1}", "not valid JSON ("),
+    ("tokenizer_config.json", "", "not valid JSON ("),
+])
+def test_invalid_json_names_the_file(tmp_path, name, content, says):
+    train_byte_level(tmp_path, digits=False)
+    (tmp_path / name).write_text(content)
+    with pytest.raises(ValueError) as e:
+        load_tokenizer(tmp_path)
+    assert str(e.value).startswith(f"{tmp_path / name}: {says}") and "\n" not in str(e.value), str(e.value)
+
+
 def test_byte_level_json_ids_out_of_merge_order(tmp_path):
     train_byte_level(tmp_path, digits=False)
     spec = json.loads((tmp_path / "tokenizer.json").read_text())

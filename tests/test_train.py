@@ -3,8 +3,11 @@
 Single-process runs execute train.py in this process (runpy: no second torch import); the
 distributed ones go through `torchrun --nproc_per_node 2` (about 15 s each, mostly start-up)."""
 import json
+import math
 import os
+import re
 import runpy
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from load_hf_weights import load_model
 from model import Llama, LlamaConfig
@@ -62,10 +66,18 @@ def torchrun(*argv, nproc=2):
     return p.stdout
 
 
-def losses(out_dir):
-    """{(step, "train"|"eval"): loss} from log.jsonl."""
+def log_records(out_dir):
+    """log.jsonl's records, checked to hold one line per step and per eval, in the order they happen
+    (train step s, then the eval at s): a resumed run must have dropped the lines of the steps it redid."""
     recs = [json.loads(line) for line in open(Path(out_dir) / "log.jsonl")]
-    return {(r["step"], "train" if "loss" in r else "eval"): r.get("loss", r.get("eval_loss")) for r in recs}
+    order = [(r["step"], "loss" not in r) for r in recs]  # train lines sort before the eval at the same step
+    assert order == sorted(set(order)), f"log.jsonl lines repeated or out of order: {order}"
+    return recs
+
+
+def losses(out_dir):
+    """{(step, "train"|"eval"): loss} from log.jsonl (see log_records)."""
+    return {(r["step"], "train" if "loss" in r else "eval"): r.get("loss", r.get("eval_loss")) for r in log_records(out_dir)}
 
 
 def assert_same(a, b, tol):
@@ -110,6 +122,8 @@ def test_stop_and_resume_equals_uninterrupted(files, single):
     out = files / "resumed"
     assert run(*common(files), "--out-dir", out, "--stop-after", 6) is None
     assert torch.load(out / "ckpt.pt", weights_only=True)["step"] == 6 and not (out / "hf").exists()
+    with open(out / "log.jsonl", "a") as f:  # as a run killed after logging steps 7-8 but before their checkpoint leaves it
+        f.writelines(json.dumps({"step": s, "loss": 9.9, "lr": 0.0}) + "\n" for s in (7, 8))
     assert run(*common(files), "--out-dir", out, "--resume") is None
     got = losses(out)
     del got[(6, "eval")]  # the stopped run also evaluated where it stopped
@@ -152,10 +166,111 @@ def test_activation_checkpointing_same_gradients():
         torch.testing.assert_close(grads[1][n], grads[0][n], rtol=0, atol=0, msg=n)
 
 
-def test_ac_flag_same_losses(files, single):
-    out = files / "ac"
-    assert run(*common(files, **{"max-steps": 12}), "--out-dir", out, "--ac") is None
-    assert_same(losses(out), losses(single), tol=1e-6)
+def test_no_ac_same_losses(files, single):
+    """--no-ac gives the losses of the reference run, which checkpoints (--ac is the default)."""
+    out = files / "no-ac"
+    assert run(*common(files), "--out-dir", out, "--no-ac") is None
+    assert_same(losses(out), losses(single), tol=0)
+
+
+@pytest.mark.parametrize("flag", ["--ac", "--no-ac"])
+def test_ac_flag_recomputes_blocks_in_backward(files, tmp_path, monkeypatch, flag):
+    """Equal losses are also what no checkpointing gives: count the forward calls of each block of
+    train.py's own model. With --ac every block runs again during backward, once per micro-step."""
+    import model as model_module
+    calls, forward = [], model_module.Block.forward
+
+    def counted(self, *a, **k):
+        calls.append((self.self_attn.layer_idx, torch._C._current_graph_task_id() >= 0))  # >= 0: inside backward
+        return forward(self, *a, **k)
+    monkeypatch.setattr(model_module.Block, "forward", counted)
+    assert run(*common(files, **{"max-steps": 1, "eval-every": 0}), flag, "--out-dir", tmp_path) is None
+    micro_steps = 4  # global batch 8 / micro-batch 2
+    for layer in (0, 1):
+        assert calls.count((layer, False)) == micro_steps, calls
+        assert calls.count((layer, True)) == (micro_steps if flag == "--ac" else 0), calls
+
+
+def test_resume_refuses_settings_that_change_the_run(files, tmp_path):
+    argv = common(files, **{"max-steps": 2, "eval-every": 0})
+    assert run(*argv, "--out-dir", tmp_path, "--stop-after", 1) is None
+    before = (tmp_path / "ckpt.pt").read_bytes(), (tmp_path / "log.jsonl").read_text()
+    changed = common(files, **{"max-steps": 2, "eval-every": 0, "lr": 1e-3, "seed": 7})
+    assert run(*changed, "--out-dir", tmp_path, "--resume") == (
+        "error: --resume with settings that change the run: --lr 0.003 -> 0.001, --seed 1337 -> 7; "
+        "use the checkpoint's or a new --out-dir")
+    assert ((tmp_path / "ckpt.pt").read_bytes(), (tmp_path / "log.jsonl").read_text()) == before
+    # how the batch is split is not a setting of the run: 2 micro-steps of 4 instead of 4 of 2
+    assert run(*common(files, **{"max-steps": 2, "eval-every": 0, "micro-batch": 4}), "--out-dir", tmp_path, "--resume") is None
+    assert [k for k in losses(tmp_path)] == [(1, "train"), (2, "train")]
+
+
+def test_preset_tiny(files, tmp_path, monkeypatch, capsys):
+    """The docstring's CPU quick start, `python train.py --preset tiny`, cut to 2 steps by a flag (flags win):
+    data from cache/data/tiny, a fresh 4-layer model, Lc 128 -> Lt 512, AC off, written to out/tiny."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "cache/data").mkdir(parents=True)
+    for ext in (".bin", ".idx.npy", ".json"):
+        shutil.copy(str(files / "syn") + ext, tmp_path / f"cache/data/tiny{ext}")
+    assert run("--preset", "tiny", "--max-steps", 2) is None
+    out = capsys.readouterr().out
+    assert "AC off" in out and "1 ranks x 2 micro-steps x 8 = 16 sequences per step" in out
+    assert "pose training, 128 -> 512 tokens, rope linear (factor 4.0, L0 128)" in out
+    cfg = json.loads((tmp_path / "out/tiny/hf/config.json").read_text())
+    assert (cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"], cfg["num_attention_heads"],
+            cfg["tie_word_embeddings"], cfg["vocab_size"], cfg["max_position_embeddings"]) == (128, 512, 4, 4, True, 64, 512)
+    log = log_records(tmp_path / "out/tiny")
+    assert [(r["step"], r.get("lr")) for r in log] == [(0, None), (1, 2e-3 / 20), (2, 2e-3 * 2 / 20), (2, None)]  # warm-up 20
+    assert torch.load(tmp_path / "out/tiny/ckpt.pt", weights_only=True)["step"] == 2
+
+
+def test_too_few_eval_documents(files, tmp_path):
+    n = int((TokenDocs(files / "syn").lengths >= 128).sum())
+    assert run(*common(files, **{"eval-docs": 100}), "--out-dir", tmp_path / "out") == (
+        f"error: the eval loss needs 100 documents of >= 128 tokens, found {n}: prepare longer documents, "
+        f"lower --eval-docs, or pass --eval-every 0")
+    assert not (tmp_path / "out").exists()
+
+
+def test_no_training_document(files, tmp_path):
+    """Two documents of >= Lt tokens, both held out for the eval loss: nothing left to train on."""
+    write_token_file([list(range(200)), list(range(150))], tmp_path / "two", vocab_size=64)
+    assert run(*common(files, **{"data": tmp_path / "two"}), "--out-dir", tmp_path / "out") == (
+        f"error: {tmp_path / 'two'} has no training document of >= 32 tokens (after holding out 2 for eval)")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("decay", ["linear", "cosine"])
+def test_lr_schedule_logged(files, tmp_path, decay):
+    """--warmup 3 steps up to --lr 3e-3, then --decay over the other 8 steps towards --min-lr 1e-4."""
+    argv = common(files, **{"max-steps": 11, "global-batch": 2, "eval-every": 0, "min-lr": 1e-4, "decay": decay})
+    assert run(*argv, "--out-dir", tmp_path) is None
+    lr, low = 3e-3, 1e-4
+    warm = [lr * s / 3 for s in (1, 2, 3)]
+    down = {"linear": lambda r: 1 - r, "cosine": lambda r: (1 + math.cos(math.pi * r)) / 2}[decay]
+    # steps 3..10 decay over ratios 0/8..7/8: the last step's lr is 1/8 of the way above --min-lr, not --min-lr
+    expected = warm + [low + down(i / 8) * (lr - low) for i in range(8)]  # the line of step s + 1 has get_lr(s)
+    assert [r["lr"] for r in log_records(tmp_path)] == pytest.approx(expected, rel=1e-12)
+    assert expected[3 + 4] == pytest.approx((lr + low) / 2)  # half-way down, both schedules are at the mean
+    assert expected[3 + 2] == pytest.approx(low + (0.75 if decay == "linear" else 0.8535534) * (lr - low))
+
+
+@pytest.mark.parametrize("clip", [0.02, 0])
+def test_grad_clip(files, tmp_path, clip):
+    """The gradient AdamW steps with has norm min(logged norm, --grad-clip); --grad-clip 0 leaves it alone."""
+    stepped = []
+
+    def before_step(optimizer, args, kwargs):
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        stepped.append(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])).item())
+    handle = register_optimizer_step_pre_hook(before_step)
+    try:
+        assert run(*common(files, **{"max-steps": 3, "eval-every": 0}), "--grad-clip", clip, "--out-dir", tmp_path) is None
+    finally:
+        handle.remove()
+    logged = [r["grad_norm"] for r in log_records(tmp_path)]
+    assert min(logged) > 2 * 0.02, logged  # so that clipping at 0.02 always acts
+    assert stepped == pytest.approx([min(n, clip) if clip else n for n in logged], rel=1e-5)
 
 
 @pytest.mark.parametrize("method", ["full", "randpos", "clex", "plain"])
@@ -272,6 +387,78 @@ def test_memory_plan_7b_on_8x48gb(tmp_path, monkeypatch, capsys, shard, code, sa
     assert "6.74B params" in out.out
 
 
+def plan_figures(stdout):
+    """{shard: {"weights": GB, "grads": GB, "optimizer": GB, "activations": GB, "total": GB}} from the printed plan."""
+    plans = {}
+    for line in stdout.splitlines():
+        if m := re.match(r"memory plan, .* params, (\w+) on .*?: (.*) = ([\d.]+) GB per device", line):
+            plans[m[1]] = {k: float(v) for k, v in re.findall(r"(\w+) ([\d.]+)", m[2])} | {"total": float(m[3])}
+    return plans
+
+
+def test_memory_plan_gb_against_parameter_count(tmp_path, monkeypatch, capsys):
+    """LLaMA-7B on 8 ranks, bf16 autocast: the plan's GB against bytes per parameter counted here, from a
+    parameter count made here (embeddings + lm_head, 32 x (attention 4 C^2 + MLP 3 C I + 2 norms), final norm)."""
+    (tmp_path / "config.json").write_text(json.dumps(LLAMA_7B))
+    write_token_file([[1] * 16384] * 10, tmp_path / "long", vocab_size=32000)
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    assert run("--init-from", tmp_path, "--data", tmp_path / "long", "--dry-run", "--device-memory", 48, "--dtype", "bf16") == 0
+    plans = plan_figures(capsys.readouterr().out)
+    assert plans.keys() == {"ddp", "zero1", "fsdp"}  # auto: ddp and zero1 do not fit 48 GB, fsdp does
+    C, I, L, V, ranks = 4096, 11008, 32, 32000, 8
+    block = 4 * C * C + 3 * C * I + 2 * C
+    P = 2 * V * C + L * block + C
+    assert P == 6_738_415_616  # LLaMA-7B's published count
+    GB = 1024**3
+    expected = {  # fp32 master weights (4 B) + their bf16 copy (2 B), fp32 grads (4 B), AdamW's two fp32 moments (8 B)
+        "ddp": dict(weights=6 * P / GB, grads=4 * P / GB, optimizer=8 * P / GB),
+        "zero1": dict(weights=6 * P / GB, grads=4 * P / GB, optimizer=8 * P / ranks / GB),
+        # FSDP: a shard of everything, plus two blocks gathered in bf16 (the one computing, the one prefetched)
+        "fsdp": dict(weights=(4 * P / ranks + 2 * 2 * block) / GB, grads=4 * P / ranks / GB, optimizer=8 * P / ranks / GB)}
+    for shard, parts in expected.items():
+        for part, gb in parts.items():  # printed to 0.01 GB; the plan takes a block as P / L (4% more than counted here)
+            tol = dict(rel=0.01) if (shard, part) == ("fsdp", "weights") else dict(abs=0.0051)
+            assert plans[shard][part] == pytest.approx(gb, **tol), (shard, part, plans[shard][part], gb)
+        shown = [plans[shard][k] for k in ("weights", "grads", "optimizer", "activations")]
+        assert plans[shard]["total"] == pytest.approx(sum(shown), abs=0.021)
+    assert plans["fsdp"]["total"] <= 0.9 * 48 < plans["zero1"]["total"]
+
+
+def test_memory_plan_activations_against_saved_tensors(files, tmp_path):
+    """The plan's activation bytes (fp32, 2 x 256 tokens) against what autograd really keeps for backward
+    on train.py's own model and batch: without AC everything saved by the forward; with AC what it saves
+    plus one block's insides (recomputed in backward, one block at a time)."""
+    (tmp_path / "cfg.json").write_text(json.dumps({**TINY, "hidden_size": 128, "intermediate_size": 352,
+                                                   "num_key_value_heads": 4}))
+    old, sys.argv = sys.argv, ["train.py", *map(str, common(files, **{"config": tmp_path / "cfg.json", "train-len": 256,
+                               "target-len": 512, "max-steps": 0, "eval-every": 0})), "--out-dir", str(tmp_path / "out")]
+    try:
+        g = runpy.run_path(TRAIN, run_name="__main__")
+    finally:
+        sys.argv = old
+    model, (x, pos, labels) = g["raw_model"], g["get_batch"](0, 0)
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+
+    def saved_bytes(f):
+        storages = {}
+
+        def pack(t):
+            if t.untyped_storage().data_ptr() not in params:
+                storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            f()
+        return sum(storages.values())
+    cos, sin = model.rope(pos)
+    h = model.embed_tokens(x).detach().requires_grad_()
+    one_block = saved_bytes(lambda: model.layers[0](h, cos, sin))
+    for ac in (False, True):
+        model.activation_checkpointing = g["args"].ac = ac
+        measured = saved_bytes(lambda: model(x, position_ids=pos, labels=labels)) + (one_block if ac else 0)
+        planned = g["memory_plan"]("ddp")["activations"] * 1024**3
+        assert 0.8 < planned / measured < 1.25, (ac, planned, measured)
+
+
 @pytest.mark.parametrize("argv, says", [
     (["--bogus"], "unrecognized arguments: --bogus"),
     (["--data", "/nonexistent/data"], "/nonexistent/data.bin not found: make it with `python prepare_data.py"),
@@ -360,3 +547,19 @@ def test_token_file_round_trip_uint32(tmp_path):
     assert meta["documents"] == 2 and meta["dropped_short"] == 1 and meta["dtype"] == "uint32"
     t = TokenDocs(tmp_path / "big")
     assert [d.tolist() for d in t] == docs[:2] and t.lengths.tolist() == [4, 10]
+
+
+@pytest.mark.parametrize("missing", [".idx.npy", ".json", ".bin"])
+def test_token_docs_missing_file(tmp_path, missing):
+    write_token_file([[1, 2, 3]], tmp_path / "d", vocab_size=10)
+    (tmp_path / f"d{missing}").unlink()
+    with pytest.raises(FileNotFoundError) as e:
+        TokenDocs(tmp_path / "d")
+    assert str(e.value) == f"{tmp_path}/d{missing} not found: prepare the data with prepare_data.py --out {tmp_path}/d"
+
+
+def test_token_docs_corrupt_json(tmp_path):
+    write_token_file([[1, 2, 3]], tmp_path / "d", vocab_size=10)
+    (tmp_path / "d.json").write_text('{"dtype": "uint16", ')  # cut short
+    with pytest.raises(ValueError, match=rf"^{tmp_path}/d.json: not valid JSON \(.*\); re-run prepare_data.py$"):
+        TokenDocs(tmp_path / "d")

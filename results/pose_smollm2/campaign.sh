@@ -50,7 +50,7 @@ export_check() {
       --len 16384 --out $O/export_yarn.json
 }
 # Each piece is skipped once its output exists, so the lanes share the work in this order (a 16k perplexity pass of one
-# play takes ~6 min on one thread, a 16k passkey trial ~4 min).
+# play takes ~6 min on one thread, a 16k passkey trial 1.2-8.0 min, longer the shallower the key: passkey_pose_yarn_16k.log).
 lane_a() {
   passkey pose_yarn --model out/smol-pose-yarn/hf
   ppl pose_yarn --model out/smol-pose-yarn/hf
@@ -74,11 +74,11 @@ train)
   train yarn & train linear & wait ;;
 eval)
   # the old runs' trials (issue 4, same seed and settings) are reused: only the missing ones run
-  [ -f $O/passkey_none.json ] || cp results/smollm2/passkey_none.json $O/passkey_none.json
-  [ -f $O/passkey_yarn_free.json ] || cp results/smollm2/passkey_yarn.json $O/passkey_yarn_free.json
-  [ -f $O/passkey_linear_free.json ] || cp results/smollm2/passkey_linear.json $O/passkey_linear_free.json  # 0 everywhere: kept as run
-  [ -f $O/ppl_none.json ] || cp results/smollm2/ppl_none.json $O/ppl_none.json
-  [ -f $O/ppl_yarn_free.json ] || cp results/smollm2/ppl_yarn.json $O/ppl_yarn_free.json
+  [ -f $O/passkey_none.json ] || cp results/smollm2_training_free/run2/passkey_none.json $O/passkey_none.json
+  [ -f $O/passkey_yarn_free.json ] || cp results/smollm2_training_free/run2/passkey_yarn.json $O/passkey_yarn_free.json
+  [ -f $O/passkey_linear_free.json ] || cp results/smollm2_training_free/run2/passkey_linear.json $O/passkey_linear_free.json  # 0 everywhere: kept as run
+  [ -f $O/ppl_none.json ] || cp results/smollm2_training_free/run2/ppl_none.json $O/ppl_none.json
+  [ -f $O/ppl_yarn_free.json ] || cp results/smollm2_training_free/run2/ppl_yarn.json $O/ppl_yarn_free.json
   lane_a > logs/campaign_pose_lane_a.log 2>&1 &
   lane_b > logs/campaign_pose_lane_b.log 2>&1 &
   wait ;;
