@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from eval_common import add_common_args, load, parse_lengths, pyplot, resolve_device_args, save_png, write_json
+from eval_common import add_common_args, load, parse_lengths, Progress, pyplot, resolve_device_args, save_png, write_json
 from model import KVCache
 
 INTRO = ("There is an important info hidden inside a lot of irrelevant text. Find it and memorize them. "
@@ -105,8 +105,8 @@ def run_length(model, tok, length, depths, keys, max_new_tokens=10, share=True, 
             while shared < min(len(ids) - 1, len(prev)) and ids[shared] == prev[shared]:
                 shared += 1
         long = piece and not length_dependent and len(ids) - shared > 2 * piece
-        progress = lambda done, todo: print(f"  prefill {done}/{todo} tokens, {done / (time.perf_counter() - t0):.0f} tok/s, "
-                                            f"{(todo - done) * (time.perf_counter() - t0) / done / 60:.1f} min left", flush=True)
+        meter = Progress(len(ids), shared)
+        progress = lambda done, todo: print(f"  prefill {meter.line(shared + done)}", flush=True)
         text = tok.decode(greedy(model, ids, cache, shared, max_new_tokens, tok.eos_id, piece if long else None, progress))
         t.update(output=text, correct=first_int(text) == t["key"], prompt_tokens=len(ids), prefilled=len(ids) - shared,
                  seconds=round(time.perf_counter() - t0, 2))

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from eval_common import add_common_args, load, parse_lengths, pyplot, resolve_device_args, save_png, write_json
+from eval_common import add_common_args, load, parse_lengths, Progress, pyplot, resolve_device_args, save_png, write_json
 from model import KVCache
 
 
@@ -96,9 +96,8 @@ def evaluate(model, docs, lengths, mode="truncate", stride=None, log=lambda s: p
             new = {L: sliding_nll(model, ids, L, stride or L // 2) for L in fits}
         elif one_pass and fits:
             # a 32k pass takes minutes on a CPU: a line per piece (tokens, tokens/s, time left) once it is long
-            progress = (lambda done, todo: log(f"  {done}/{todo} tokens, {done / (time.perf_counter() - t0):.0f} tok/s, "
-                                               f"{(todo - done) * (time.perf_counter() - t0) / done / 60:.1f} min left")
-                        ) if max(fits) > 8192 else None
+            meter = Progress(max(fits))
+            progress = (lambda done, todo: log(f"  {meter.line(done)}")) if max(fits) > 8192 else None
             new = {L: [w] for L, w in truncate_nll(model, ids, fits, progress=progress).items()}
         else:
             new = {L: [window_nll(model, ids[:, :L], ids[:, :L])] for L in fits}

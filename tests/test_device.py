@@ -96,3 +96,25 @@ def test_one_rank_fsdp_under_torchrun_and_not_without(files, tmp_path, capsys): 
     assert loss(tmp_path / "fsdp") == pytest.approx(loss(ref), abs=1e-5)
     assert run(*opts, "--shard", "fsdp") == 2
     assert "--shard fsdp needs a process group: launch with torchrun" in capsys.readouterr().err
+
+
+def test_progress_extrapolates_the_growing_cost_per_token(monkeypatch):
+    """Pieces whose cost grows with the cached tokens (a + b n per token): from the third piece on, the time left
+    is exact; a linear extrapolation would say far less."""
+    import eval_common
+    clock = [0.0]
+    monkeypatch.setattr(eval_common.time, "perf_counter", lambda: clock[0])
+    meter, a, b, n = eval_common.Progress(32768), 1e-2, 1e-6, 0
+    for end in range(2048, 32769, 2048):
+        clock[0] += a * (end - n) + b * (end * end - n * n) / 2
+        n, line = end, meter.line(end)
+        if end == 8192:
+            left = (a * (32768 - end) + b * (32768 ** 2 - end ** 2) / 2) / 60
+            assert line == f"8192/32768 tokens, {8192 / clock[0]:.0f} tok/s, {left:.1f} min left"
+            assert 8192 / clock[0] * 60 * left > 1.3 * (32768 - 8192)  # the linear guess: 30% short
+
+
+def test_long_passkey_prompt_prints_prefill_progress(tiny_dir, capsys):  # noqa: F811
+    eval_passkey.main(["--model", str(tiny_dir), "--len", "9000", "--trials", "1", "--max-new-tokens", "1"])
+    out = capsys.readouterr().out
+    assert "  prefill 4096/" in out and "  prefill 8192/" in out and "min left" in out
