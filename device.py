@@ -20,7 +20,7 @@ def pick_device(flag, local_rank=0):
 
 def pick_dtype(flag, device):
     """'auto' | 'fp32' | 'bf16' | 'fp16' -> one of the last three. auto is fp32 on a CPU: bf16 there is emulated
-    on CPUs without AVX512-BF16 / AMX (5-8x slower than fp32 on ours: bench/bench_cpu_dtype.py)."""
+    on CPUs without AVX512-BF16 / AMX, slower than fp32 (bench/bench_cpu_dtype.py measures by how much)."""
     on_cuda = device != "cpu"
     if flag == "auto":
         return ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if on_cuda else "fp32"
@@ -30,8 +30,9 @@ def pick_dtype(flag, device):
 
 
 def pick_compile(flag, device):
-    """flag None (auto) -> on for CUDA, off on a CPU (one 1k-token SmolLM2 step compiled: 1.02x there, after a 48 s
-    warm-up). When on, a trial compile proves the compiler works (Triton on CUDA, a C++ compiler on a CPU)."""
+    """flag None (auto) -> on for CUDA, off on a CPU (where the matrix products already run near the CPU's peak
+    and the compile warm-up is long). When on, a trial compile proves the compiler works (Triton on CUDA, a C++
+    compiler on a CPU)."""
     on = device != "cpu" if flag is None else flag
     if on:
         try:

@@ -180,7 +180,8 @@ def cached_prefill_attention(q, k, v, past, scale=None):
     without a mask. Query t sees all `past` cached keys and new keys 0..t: split there, each half runs a fast
     kernel (no mask, and square causal), and the halves merge exactly by their log-sum-exps (as FlashAttention
     merges its blocks):  y = (e^a1 y1 + e^a2 y2) / (e^a1 + e^a2).  An explicit [T, past + T] mask instead
-    costs 2-2.5x a fresh causal prefill of the whole prompt on a CPU at 4k-8k tokens (bench/bench_eval.py)."""
+    costs up to 2.5-2.9x a fresh causal prefill of the whole prompt on a CPU at 8k-32k tokens when little is
+    cached (results/bench/bench_prefill.json)."""
     B, H, T, D = q.shape
     Hkv = k.shape[1]
     G = H // Hkv  # query heads per key/value head (GQA): query head h reads key/value head h // G
