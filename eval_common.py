@@ -94,6 +94,23 @@ def add_common_args(parser, lengths):
     add("--out", help="write a JSON file here (default: none)")
 
 
+def reused_runs(parser, args, same, more=lambda before: []):
+    """The JSON of each --reuse file, or a parser error if it cannot be read or its settings differ from this
+    run's: each key in `same` compared with args, plus what more(its settings) lists as differing."""
+    runs = []
+    for f in args.reuse:
+        try:
+            old = json.loads(Path(f).read_text())
+        except (OSError, ValueError) as e:
+            parser.error(f"--reuse {f}: {e}")
+        before = old.get("settings", {})
+        differ = [f"{k} {before.get(k)!r}" for k in same if before.get(k) != getattr(args, k)] + more(before)
+        if differ:
+            parser.error(f"--reuse {f}: its {', '.join(differ)} differ from this run's")
+        runs.append(old)
+    return runs
+
+
 def write_json(args, settings, results, quiet=False, **extra):
     """args.out <- {"settings", "results", **extra}; written to a temporary file and renamed (never half a file)."""
     out = Path(args.out)

@@ -19,7 +19,6 @@ prompts of equal length. Long prompts are prefilled in 4k pieces with a progress
 Repeatable: trials at L draw from seed (--seed, L).
 """
 import argparse
-import json
 import re
 import sys
 import time
@@ -28,7 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from eval_common import add_common_args, load, parse_lengths, Progress, pyplot, resolve_device_args, save_png, write_json
+from eval_common import (Progress, add_common_args, load, parse_lengths, pyplot, resolve_device_args, reused_runs,
+                         save_png, write_json)
 from model import KVCache
 
 INTRO = ("There is an important info hidden inside a lot of irrelevant text. Find it and memorize them. "
@@ -131,16 +131,7 @@ def main(argv=None):
     resolve_device_args(parser, args)
     lengths = parse_lengths(args.len)
     known = {}  # (length, depth, key) -> trial record
-    for f in args.reuse:
-        try:
-            old = json.loads(Path(f).read_text())
-        except (OSError, ValueError) as e:
-            parser.error(f"--reuse {f}: {e}")
-        before = old.get("settings", {})
-        differ = [f"{k} {before.get(k)!r}" for k in ("model", "rope", "factor", "dtype", "seed", "max_new_tokens")
-                  if before.get(k) != getattr(args, k)]
-        if differ:
-            parser.error(f"--reuse {f}: its {', '.join(differ)} differ from this run's")
+    for old in reused_runs(parser, args, ("model", "rope", "factor", "dtype", "seed", "max_new_tokens")):
         known |= {(t["length"], t["depth"], t["key"]): {k: v for k, v in t.items() if k != "length"} for t in old.get("trials", [])}
     if len(args.trials) not in (1, len(lengths)):
         parser.error(f"--trials: one number or one per length ({len(lengths)}), got {len(args.trials)}")

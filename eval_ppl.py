@@ -86,6 +86,18 @@ def ppl(windows):
     return math.exp(sum(w[0] for w in windows) / sum(w[1] for w in windows)) if windows else None
 
 
+def segment_ppl(results):
+    """{L: {"ppl": ...}} of the tokens between the previous length and L only, from truncate-mode results
+    ({L: {"ppl", "tokens"}}, cumulative: each L's sums include the shorter windows'), where extension shows."""
+    out, prev = {}, None
+    for L in sorted(results):
+        nll, n = math.log(results[L]["ppl"]) * results[L]["tokens"], results[L]["tokens"]
+        if prev:
+            nll, n = nll - math.log(results[prev]["ppl"]) * results[prev]["tokens"], n - results[prev]["tokens"]
+        out[L], prev = {"ppl": math.exp(nll / n)}, L
+    return out
+
+
 def evaluate(model, docs, lengths, mode="truncate", stride=None, log=lambda s: print(s, flush=True)):
     """docs: [1, n] id tensors (BOS first). One result dict per length."""
     windows = {L: [] for L in lengths}  # (NLL, scored) per window

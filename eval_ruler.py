@@ -53,7 +53,7 @@ from pathlib import Path
 
 import numpy as np
 
-from eval_common import add_common_args, load, parse_lengths, pyplot, resolve_device_args, save_png, write_json
+from eval_common import add_common_args, load, parse_lengths, pyplot, resolve_device_args, reused_runs, save_png, write_json
 from eval_passkey import FILLER, greedy
 from model import KVCache
 
@@ -312,18 +312,9 @@ def main(argv=None):
             parser.error(f"--haystack {spec}: no text in it")
     hay = {t: texts.get(h, h) for t, h in haystack.items()}
     known = {}  # (task, length, trial) -> trial record
-    for f in args.reuse:
-        try:
-            old = json.loads(Path(f).read_text())
-        except (OSError, ValueError) as e:
-            parser.error(f"--reuse {f}: {e}")
-        before = old.get("settings", {})
-        differ = [f"{k} {before.get(k)!r}" for k in ("model", "rope", "factor", "dtype", "seed", "template")
-                  if before.get(k) != getattr(args, k)]
-        for k, now in (("haystack", haystack), ("max_new_tokens", max_new)):
-            differ += [f"{k} of {t} {v!r}" for t, v in (before.get(k) or {}).items() if t in now and now[t] != v]
-        if differ:
-            parser.error(f"--reuse {f}: its {', '.join(differ)} differ from this run's")
+    per_task = lambda before: [f"{k} of {t} {v!r}" for k, now in (("haystack", haystack), ("max_new_tokens", max_new))
+                               for t, v in (before.get(k) or {}).items() if t in now and now[t] != v]
+    for old in reused_runs(parser, args, ("model", "rope", "factor", "dtype", "seed", "template"), per_task):
         known |= {(t["task"], t["length"], t["trial"]): t for t in old.get("trials", []) if t["task"] in tasks}
     model, tok = load(parser, args)
     try:

@@ -3,9 +3,12 @@
 """
 import json
 import math
+import sys
 from pathlib import Path
 
 HERE = Path(__file__).parent
+sys.path.insert(0, str(HERE.parents[1]))  # the repo root: eval_ppl's segment_ppl
+from eval_ppl import segment_ppl  # noqa: E402
 VARIANTS = {  # file stem -> row name
     "none": "base, plain RoPE (no scaling)",
     "linear_free": "linear ×2, no fine-tuning",
@@ -30,17 +33,6 @@ def table(title, runs, cell):
     print("|---|" + "---:|" * len(lengths))
     for v, rs in runs.items():
         print(f"| {VARIANTS[v]} | " + " | ".join(cell(rs[L]) if L in rs else "-" for L in lengths) + " |")
-
-
-def segment_ppl(rs):
-    """{L: PPL of the tokens between the previous length and L} from the cumulative truncate-mode sums."""
-    out, prev = {}, None
-    for L in sorted(rs):
-        nll, n = math.log(rs[L]["ppl"]) * rs[L]["tokens"], rs[L]["tokens"]
-        if prev:
-            nll, n = nll - math.log(rs[prev]["ppl"]) * rs[prev]["tokens"], n - rs[prev]["tokens"]
-        out[L], prev = {"ppl": math.exp(nll / n)}, L
-    return out
 
 
 passkey, ppl = load("passkey"), load("ppl")

@@ -4,9 +4,12 @@ Passkey cells are correct / trials with a 95% Wilson interval: with 5-10 trials,
 """
 import json
 import math
+import sys
 from pathlib import Path
 
 HERE = Path(__file__).parent
+sys.path.insert(0, str(HERE.parents[1]))  # the repo root: eval_ppl's segment_ppl
+from eval_ppl import segment_ppl  # noqa: E402
 ROWS = {  # file stem -> row name
     "none": "base, plain RoPE (no scaling)",
     "yarn_free": "yarn ×4, no fine-tuning",
@@ -32,17 +35,6 @@ def table(title, runs, cell):
     print("|---|" + "---:|" * len(lengths))
     for v, rs in runs.items():
         print(f"| {ROWS[v]} | " + " | ".join(cell(rs[L]) if L in rs else "-" for L in lengths) + " |")
-
-
-def segment_ppl(rs):
-    """{L: PPL of the tokens between the previous length and L} from the cumulative truncate-mode sums."""
-    out, prev = {}, None
-    for L in sorted(rs):
-        nll, n = math.log(rs[L]["ppl"]) * rs[L]["tokens"], rs[L]["tokens"]
-        if prev:
-            nll, n = nll - math.log(rs[prev]["ppl"]) * rs[prev]["tokens"], n - rs[prev]["tokens"]
-        out[L], prev = {"ppl": math.exp(nll / n)}, L
-    return out
 
 
 def passkey_cell(r):
