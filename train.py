@@ -149,10 +149,11 @@ from torch.nn.parallel import DistributedDataParallel as DDP  # noqa: E402
 
 from load_hf_weights import load_config, load_model, save_model, with_rope  # noqa: E402
 from device import DTYPES, compile_blocks, pick_compile, pick_device, pick_dtype  # noqa: E402
+from examples import Examples  # noqa: E402
+from memory_plan import choose_shard  # noqa: E402
 from model import Llama, LlamaConfig  # noqa: E402
-from pose_sampler import sample_clex, sample_cream, sample_full_length, sample_pose, sample_randpos  # noqa: E402
 from prepare_data import TokenDocs  # noqa: E402
-from tasks import PasskeyWindows, copy_window  # noqa: E402
+from tasks import PasskeyWindows  # noqa: E402
 
 
 def print0(*a, **k):
@@ -170,15 +171,15 @@ except ValueError as e:
     parser.error(str(e))
 amp_dtype = DTYPES[dtype_name]
 data = TokenDocs(args.data)
-min_len = args.target_len if args.method == "full" else args.train_len
 eval_ids = np.flatnonzero(data.lengths >= eval_len)[-args.eval_docs:] if args.eval_every and args.eval_docs else []
-train_ids = np.setdiff1d(np.flatnonzero(data.lengths >= min_len), eval_ids)  # held out: never trained on
+train_ids = np.setdiff1d(np.flatnonzero(data.lengths >= seq_len), eval_ids)  # held out: never trained on
 if args.eval_every and len(eval_ids) < max(args.eval_docs, world_size):
     sys.exit(f"error: the eval loss needs {max(args.eval_docs, world_size)} documents of >= {eval_len} tokens, found "
              f"{len(eval_ids)}: prepare longer documents, lower --eval-docs, or pass --eval-every 0")
 if len(train_ids) == 0:
-    sys.exit(f"error: {args.data} has no training document of >= {min_len} tokens (after holding out {len(eval_ids)} for eval)")
-print0(f"data: {len(train_ids):,} training documents of >= {min_len} tokens, {len(eval_ids)} held out for eval at {eval_len}")
+    sys.exit(f"error: {args.data} has no training document of >= {seq_len} tokens (after holding out {len(eval_ids)} for eval)")
+print0(f"data: {len(train_ids):,} training documents of >= {seq_len} tokens, {len(eval_ids)} held out for eval at {eval_len}")
+passkey_window = None
 if any("passkey" in mix for mix in mixes.values()):  # passkey windows are built with the data's own tokenizer
     from tokenizer import load_tokenizer
     passkey_window = PasskeyWindows(load_tokenizer(data.meta["tokenizer"]))
@@ -204,36 +205,16 @@ config = with_rope(config, rope)
 with torch.device("meta"):
     n_params = sum(p.numel() for p in Llama(config).parameters())
 
-
-def memory_plan(shard):
-    """Rough GB per device: fp32 master weights, fp32 grads, AdamW moments (2 x fp32), activations."""
-    P, C, I, L, a = n_params, config.hidden_size, config.intermediate_size, config.num_hidden_layers, 2 if dtype_name != "fp32" else 4
-    w, g, o = {"ddp": (1, 1, 1), "zero1": (1, 1, world_size), "fsdp": (world_size,) * 3}[shard]
-    block = P / L
-    weights = 4 * P / w + (2 * P if a == 2 and shard != "fsdp" else 2 * a * block if shard == "fsdp" else 0)  # 16-bit copies
-    tokens = args.micro_batch * seq_len
-    per_block = tokens * a * (10 * C + 4 * I)  # saved by one block, ~10 C + 4 I values per token (SDPA: no T x T)
-    acts = (L * tokens * C * a + per_block) if args.ac else L * per_block
-    acts += 3 * 4 * 1024 * config.vocab_size  # one chunk of fp32 logits in the loss
-    parts = dict(weights=weights, grads=4 * P / g, optimizer=8 * P / o, activations=acts)
-    return {k: v / 1024**3 for k, v in parts.items()}
-
-
+# memory plan (memory_plan.py): GB per device of each sharding, the first that fits is used
 capacity = args.device_memory or (torch.cuda.get_device_properties(local_rank).total_memory / 1024**3 if device != "cpu"
                                   else os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024**3 / local_world)
 candidates = [args.shard] if args.shard != "auto" else ["ddp"] + (["zero1", "fsdp"] if world_size > 1 else [])
 if args.shard in ("zero1", "fsdp") and "RANK" not in os.environ and not args.dry_run:  # torchrun, even one rank (shards nothing)
     parser.error(f"--shard {args.shard} needs a process group: launch with torchrun --nproc_per_node N")
-for shard in candidates:
-    plan = memory_plan(shard)
-    fits = sum(plan.values()) <= 0.9 * capacity
-    print0(f"memory plan, {n_params / 1e9:.2f}B params, {shard} on {world_size} x {capacity:.0f} GB ({device}, {dtype_name}, "
-           f"micro-batch {args.micro_batch} x {seq_len} tokens, AC {'on' if args.ac else 'off'}): "
-           + ", ".join(f"{k} {v:.2f}" for k, v in plan.items()) + f" = {sum(plan.values()):.2f} GB per device"
-           + ("" if fits else "  -> does not fit"))
-    if fits:
-        break
-else:
+shard, plan, lines = choose_shard(candidates, capacity, config=config, n_params=n_params, world_size=world_size,
+                                  micro_batch=args.micro_batch, seq_len=seq_len, ac=args.ac, device=device, dtype_name=dtype_name)
+print0("\n".join(lines))
+if shard is None:
     print0(f"error: the run needs about {sum(plan.values()):.1f} GB per device but {capacity:.0f} GB are available; "
            f"try --shard fsdp (shards weights, grads and optimizer over ranks), more ranks, --micro-batch 1 or --ac",
            file=sys.stderr)
@@ -249,56 +230,16 @@ if ddp:
         torch.cuda.set_device(device)
     dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
 
-
-def clex_factor(step):
-    """CLEX: the scaling factor t ~ U{1..max_factor} of a whole step (one ODE solve per forward)."""
-    return int(np.random.default_rng([args.seed, step, 0]).integers(1, rope["max_factor"] + 1))
-
-
-def sample(doc, step, rng, whole=False):
-    """(input_ids, position_ids) of one training window of `doc` by --method. whole=True: a synthetic
-    window of exactly seq_len tokens, whose content PoSE keeps in one piece (key and question inside)."""
-    if args.method in ("full", "plain"):
-        return sample_full_length(doc, seq_len, rng=rng)
-    if args.method == "randpos":
-        return sample_randpos(doc, args.train_len, args.target_len, rng=rng)
-    if args.method == "clex":
-        return sample_clex(doc, args.train_len, clex_factor(step), args.train_len, rng=rng)
-    if args.method == "cream":  # a synthetic window (shorter than Lt) stays in one piece: the sampler's fallback
-        return sample_cream(doc, args.train_len, args.target_len, args.cream_sigma, rng=rng)
-    return sample_pose(doc, args.train_len, args.target_len, args.num_chunks, rng=rng, contiguous_content=whole)
-
-
-def get_example(e):
-    """Example e of the whole run, identical for any number of ranks and after a resume:
-    (input_ids, position_ids, labels), each of seq_len entries."""
-    rng = np.random.default_rng([args.seed, e])
-    step = e // args.global_batch
-    mix = mixes[max(s for s in mixes if s <= step)]
-    task = next(iter(mix)) if len(mix) == 1 else rng.choice(list(mix), p=list(mix.values()))
-    if task == "text":
-        doc = data[train_ids[rng.integers(len(train_ids))]]
-        # The official code cuts each document to its first 5 Lc tokens (PoSE's content skips stay within them).
-        # We take a random 5 Lc span instead: with a few long documents (the demo's plays) the first spans
-        # would be all the text a run ever sees. Plain and full-length windows may start anywhere.
-        # CREAM reads tokens at their position ids: a span of Lt tokens.
-        span = len(doc) if args.method in ("full", "plain") else args.target_len if args.method == "cream" else \
-            max(5 * args.train_len, min_len)
-        begin = int(rng.integers(len(doc) - min(span, len(doc)) + 1))
-        x, pos = sample(np.asarray(doc[begin:begin + span], dtype=np.int64), step, rng)
-        return x, pos, x
-    if task == "copy":
-        x, labels = copy_window(rng, seq_len, data.vocab_size)
-    else:
-        gap = seq_len * min(1, (step + 1) / args.gap_warmup) if args.gap_warmup else seq_len
-        x, labels = passkey_window(rng, seq_len, max(gap, 20))
-    x, pos = sample(torch.from_numpy(x), step, rng, whole=True)
-    return x, pos, torch.from_numpy(labels)
+# example e of the run: the same for any number of ranks and after a resume (examples.py)
+examples = Examples(data, train_ids, mixes, method=args.method, seq_len=seq_len, train_len=args.train_len,
+                    target_len=args.target_len, num_chunks=args.num_chunks, seed=args.seed, global_batch=args.global_batch,
+                    cream_sigma=args.cream_sigma, clex_max_factor=rope.get("max_factor"), gap_warmup=args.gap_warmup,
+                    passkey_window=passkey_window)
 
 
 def get_batch(step, micro_step):
     first = step * args.global_batch + (rank * grad_accum + micro_step) * args.micro_batch
-    x, pos, labels = zip(*(get_example(e) for e in range(first, first + args.micro_batch)))
+    x, pos, labels = zip(*(examples.example(e) for e in range(first, first + args.micro_batch)))
     return torch.stack(x).to(device), torch.stack(pos).to(device), torch.stack(labels).to(device)  # (B, T) each
 
 
@@ -384,7 +325,7 @@ if args.resume:
     if scaler and ckpt["scaler"]:
         scaler.load_state_dict(ckpt["scaler"])
     torch.set_rng_state(ckpt["torch_rng"])
-    start_step = ckpt["step"]  # data state: the next example is start_step * global_batch (see get_example)
+    start_step = ckpt["step"]  # data state: the next example is start_step * global_batch (see examples.py)
     if master_process and os.path.exists(log):  # drop log lines of steps that will be redone
         lines = [line for line in open(log) if json.loads(line)["step"] <= start_step]
         open(log, "w").writelines(lines)
@@ -445,7 +386,7 @@ while True:
         # FSDP reduce-scatters every micro-step: skipping it would keep full unsharded fp32 grads on every rank
         x, pos, labels = get_batch(step, micro_step)
         with autocast:
-            clex = dict(scale_t=clex_factor(step)) if args.method == "clex" else {}
+            clex = dict(scale_t=examples.clex_factor(step)) if args.method == "clex" else {}
             loss = model(x, position_ids=pos, labels=labels, **clex) / grad_accum  # labels: the inputs (-100: unscored), shifted inside
         loss_sum += loss.detach()
         (scaler.scale(loss) if scaler else loss).backward()
