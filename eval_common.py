@@ -138,3 +138,13 @@ def save_png(fig, out):
     fig.tight_layout()
     fig.savefig(Path(out).with_suffix(".png"), dpi=120)
     print(f"wrote {Path(out).with_suffix('.png')}")
+
+
+def length_table(title, runs, names, cell):
+    """Print a markdown table of results by length: one row per runs[key] = {length: result}, named names[key],
+    cell(result) in each column, '-' where a row lacks that length (the campaigns' report.py)."""
+    lengths = sorted({L for rs in runs.values() for L in rs})
+    print(f"\n{title}\n\n| row | " + " | ".join(f"{L // 1024}k" for L in lengths) + " |")
+    print("|---|" + "---:|" * len(lengths))
+    for key, rs in runs.items():
+        print(f"| {names[key]} | " + " | ".join(cell(rs[L]) if L in rs else "-" for L in lengths) + " |")

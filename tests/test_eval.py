@@ -327,3 +327,12 @@ def test_passkey_stopped_run_keeps_finished_trials(tiny_dir, tmp_path, monkeypat
     assert capsys.readouterr().out.count(" trial ") == 2  # only the two missing ones ran
     done = json.loads(out.read_text())
     assert done["settings"]["complete"] is True and done["results"][0]["trials"] == 4
+
+
+def test_length_table_rows_columns_and_gaps(capsys):
+    """The campaigns' markdown table: one column per length any row has, '-' where a row lacks it."""
+    from eval_common import length_table
+    length_table("T", {"a": {2048: 1, 8192: 3}, "b": {4096: 2}}, {"a": "row a", "b": "row b"}, lambda r: f"<{r}>")
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0] == "T" and lines[2] == "| row | 2k | 4k | 8k |" and lines[3] == "|---|---:|---:|---:|"
+    assert lines[4:] == ["| row a | <1> | - | <3> |", "| row b | - | <2> | - |"]

@@ -8,6 +8,7 @@ from pathlib import Path
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE.parents[1]))  # the repo root: eval_ppl's segment_ppl
+from eval_common import length_table  # noqa: E402
 from eval_ppl import segment_ppl  # noqa: E402
 VARIANTS = {  # file stem -> row name
     "none": "base, plain RoPE (no scaling)",
@@ -16,6 +17,7 @@ VARIANTS = {  # file stem -> row name
     "pose_linear": "**PoSE + linear ×2** (1k-token steps)",
     "pose_yarn": "**PoSE + yarn ×2** (1k-token steps)",
 }
+table = lambda title, runs, cell: length_table(title, runs, VARIANTS, cell)  # eval_common's markdown table
 
 
 def load(kind):
@@ -25,14 +27,6 @@ def load(kind):
         if f.exists():
             out[v] = {r["length"]: r for r in json.loads(f.read_text())["results"]}
     return out
-
-
-def table(title, runs, cell):
-    lengths = sorted({L for rs in runs.values() for L in rs})
-    print(f"\n{title}\n\n| variant | " + " | ".join(f"{L // 1024}k" for L in lengths) + " |")
-    print("|---|" + "---:|" * len(lengths))
-    for v, rs in runs.items():
-        print(f"| {VARIANTS[v]} | " + " | ".join(cell(rs[L]) if L in rs else "-" for L in lengths) + " |")
 
 
 passkey, ppl = load("passkey"), load("ppl")

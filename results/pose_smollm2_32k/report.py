@@ -9,6 +9,7 @@ from pathlib import Path
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE.parents[1]))  # the repo root: eval_ppl's segment_ppl
+from eval_common import length_table  # noqa: E402
 from eval_ppl import segment_ppl  # noqa: E402
 ROWS = {  # file stem -> row name
     "none": "base, plain RoPE (no scaling)",
@@ -16,6 +17,7 @@ ROWS = {  # file stem -> row name
     "control": "control: yarn ×4 fine-tuned, positions 0..1023 (--num-chunks 1)",
     "pose": "**PoSE + yarn ×4** (2 chunks over 0..32767)",
 }
+table = lambda title, runs, cell: length_table(title, runs, ROWS, cell)  # eval_common's markdown table
 
 
 def results(stem):
@@ -27,14 +29,6 @@ def wilson(k, n, z=1.96):
     p, d = k / n, 1 + z * z / n
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
     return max(0.0, (p + z * z / (2 * n)) / d - half), min(1.0, (p + z * z / (2 * n)) / d + half)
-
-
-def table(title, runs, cell):
-    lengths = sorted({L for rs in runs.values() for L in rs})
-    print(f"\n{title}\n\n| row | " + " | ".join(f"{L // 1024}k" for L in lengths) + " |")
-    print("|---|" + "---:|" * len(lengths))
-    for v, rs in runs.items():
-        print(f"| {ROWS[v]} | " + " | ".join(cell(rs[L]) if L in rs else "-" for L in lengths) + " |")
 
 
 def passkey_cell(r):
