@@ -284,7 +284,11 @@ class Llama(nn.Module):
     def __init__(self, config: LlamaConfig):
         super().__init__()
         self.config = config
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        # On the meta device (load_model: no weights in memory before the checkpoint's) nn.Embedding's N(0, 1) draw
+        # would import torch._dynamo, ~4 s of every process's start; the weights are overwritten there anyway.
+        skip = torch.empty(0).is_meta
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size,
+                                         _weight=torch.empty(config.vocab_size, config.hidden_size) if skip else None)
         self.layers = nn.ModuleList(Block(config, i) for i in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         # tied: the output projection *is* the embedding matrix, so there is no second parameter
@@ -364,12 +368,15 @@ class Llama(nn.Module):
         holding the [T, V] logits: at 32k tokens and a 128k vocabulary they would be 16 GB in fp32."""
         x = x[:, :-1].reshape(-1, x.shape[-1])
         targets = labels[:, 1:].reshape(-1)
+        scored = targets != IGNORE_INDEX
+        if not bool(scored.all()):  # unscored rows (a prompt, a sliding window's context) need no logits at all:
+            x, targets = x[scored], targets[scored]  # drop them before the [rows, V] projection, the costliest step
         weight = self.output_weight
         needs_grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
         total = ChunkedCrossEntropy.apply(x, weight, targets, self.loss_chunk_size, needs_grad)
         if reduction == "sum":
             return total
-        return total / (targets != IGNORE_INDEX).sum().clamp(min=1)
+        return total / max(targets.numel(), 1)
 
 
 class ChunkedCrossEntropy(torch.autograd.Function):

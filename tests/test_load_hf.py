@@ -1,5 +1,8 @@
 """load_model / save_model: round trips through stock transformers, and every bad input's message."""
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -213,3 +216,15 @@ def test_unknown_rope_type(saved):
     (saved / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ValueError, match="config.json: unknown rope_type 'warp'"):
         load_config(saved)
+
+
+def test_load_model_starts_fast_without_torch_dynamo(tmp_path):
+    """Building the model on the meta device skips nn.Embedding's N(0, 1) draw, whose meta kernel imports
+    torch._dynamo (~4 s of every evaluation and training process's start); the loaded weights are the file's."""
+    save_model(tiny_model(), tmp_path)
+    code = ("import sys, torch; from load_hf_weights import load_model; m = load_model(sys.argv[1]); "
+            "print('torch._dynamo' in sys.modules, float(m.embed_tokens.weight.double().sum()))")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).parents[1]).stdout.split()
+    assert out[0] == "False"
+    assert float(out[1]) == pytest.approx(float(tiny_model().embed_tokens.weight.double().sum()), abs=1e-6)

@@ -152,6 +152,31 @@ def test_loss_matches_transformers_and_is_chunked(tmp_path):
         torch.testing.assert_close(p.grad, theirs[name], atol=1e-5, rtol=1e-4, msg=lambda m: f"{name}: {m}")
 
 
+def test_loss_projects_only_scored_rows(monkeypatch):
+    """Unscored rows (labels -100: a passkey prompt, a sliding window's context) get no logits: only the scored
+    rows reach the vocabulary projection, and the loss and every gradient equal those of the full logits."""
+    import model as model_module
+    torch.manual_seed(0)
+    ours = Llama(LlamaConfig(**BASE, num_key_value_heads=2))
+    ids = torch.randint(0, 97, (2, 40))
+    labels = ids.clone()
+    labels[0, :25] = -100
+    labels[1, 5:30] = -100
+    projected, apply = [], model_module.ChunkedCrossEntropy.apply
+    monkeypatch.setattr(model_module.ChunkedCrossEntropy, "apply", lambda x, *a: projected.append(x.shape[0]) or apply(x, *a))
+    loss = ours(ids, labels=labels)
+    assert projected == [int((labels[:, 1:] != -100).sum())] == [15 + 14]
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in ours.named_parameters()}
+    ours.zero_grad()
+    logits = ours(ids)
+    full = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, 97), labels[:, 1:].reshape(-1), ignore_index=-100)
+    full.backward()
+    torch.testing.assert_close(loss, full, atol=1e-6, rtol=0)
+    for n, p in ours.named_parameters():
+        torch.testing.assert_close(grads[n], p.grad, atol=1e-6, rtol=1e-5, msg=lambda m: f"{n}: {m}")
+
+
 def test_activation_checkpointing_same_gradients_by_recomputing(monkeypatch):
     """With activation_checkpointing each block runs again in backward (without: once), keeps only its
     input, and the gradients are bit-identical."""
