@@ -1,5 +1,5 @@
 """
-The PoSE story at toy scale, end to end on a CPU with the project's own tools (`make demo`, ~20 min):
+The PoSE story at toy scale, end to end on a CPU with the project's own tools (`make demo`, 21 min on 2 cores):
 
   1. data      the public-domain corpus in data/ (train/ and held-out heldout/), tokenised with the
                shipped 2,000-piece SentencePiece model (prepare_data.py)
@@ -11,7 +11,7 @@ The PoSE story at toy scale, end to end on a CPU with the project's own tools (`
                PoSE at Lc with linear and with YaRN, CREAM at Lc with YaRN (PoSE's idea with head / middle /
                tail chunks, the middle drawn near the window's centre), full-length fine-tuning at Lt with YaRN
                (the cost PoSE avoids; its linear twin, 0.00 at every length in the run of 1a9bda9, is left out
-               to keep the demo within 20 minutes), and CLEX (a learned continuous scaling, trained at Lc with
+               to keep the demo near 20 minutes), and CLEX (a learned continuous scaling, trained at Lc with
                factors 1..Lt/Lc) (train.py)
   4. measure   passkey accuracy and held-out perplexity at Lc .. 2 Lt (eval_passkey.py, eval_ppl.py),
                and the time and peak memory of one fine-tuning step (train.py's log). After the base (both
