@@ -3,10 +3,9 @@
 # yarn x2, at 2k / 4k / 8k / 16k, every task, the same prompts in both rows (seed 0). 2 CPU cores: the two rows side by
 # side, one thread each. From the repo root, after `make smollm2`:
 #   nohup sh results/ruler/campaign.sh > logs/ruler.log 2>&1 &
-# Trials per task are sized to the CPU (a 16k prompt is ~2 minutes of one core): 5 / 5 / 3 / 2 at 2k / 4k / 8k / 16k,
+# Trials per task are sized to the CPU (a 16k prompt took 4-7 minutes of one core, decoding included): 5 / 5 / 3 / 2 at 2k / 4k / 8k / 16k,
 # 15 per task and row, 75 prompts per row. Restartable: a stopped row keeps its finished trials (--reuse of its own
-# JSON; its log is appended to)
-# JSON); the no-scaling row also takes the 3 trials per task of calibration_2k.json (same model, seed and template).
+# JSON; its log is appended to); the no-scaling row also takes the 3 trials per task of calibration_2k.json (same model, seed and template).
 set -e
 M=cache/SmolLM2-135M-Instruct
 O=results/ruler
