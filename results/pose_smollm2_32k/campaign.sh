@@ -5,6 +5,7 @@
 # the base (no scaling) and yarn x4. 2 CPU cores: two one-thread lanes side by side. From the repo root, after
 # `make smollm2` and `python scripts/get_texts.py --shakespeare`:
 #   nohup sh results/pose_smollm2_32k/campaign.sh all > logs/campaign_32k.log 2>&1 &
+# (`free` instead of `all`: only the training-free rows, which need no fine-tune.)
 # Restartable on any machine: a finished fine-tune (its hf/ folder) or evaluation (its JSON, "complete": true) is
 # skipped; a stopped fine-tune resumes from its ckpt.pt; a missing one is retrained from its seed (out/ is not
 # committed); a stopped passkey run keeps its finished trials (--reuse) and a stopped PPL run is rerun.
@@ -65,8 +66,12 @@ eval)  # two one-thread lanes
   (finetuned pose; free_a) > logs/campaign_32k_lane_a.log 2>&1 &
   (finetuned control; free_b) > logs/campaign_32k_lane_b.log 2>&1 &
   wait ;;
+free)  # only the training-free rows (no fine-tuned model needed), two one-thread lanes
+  free_a > logs/campaign_32k_lane_a.log 2>&1 &
+  free_b > logs/campaign_32k_lane_b.log 2>&1 &
+  wait ;;
 all)
   sh $0 train && sh $0 eval ;;
 *)
-  echo "usage: sh $0 train|eval|all"; exit 2 ;;
+  echo "usage: sh $0 train|eval|free|all"; exit 2 ;;
 esac
