@@ -380,10 +380,10 @@ class Llama(nn.Module):
 
 
 class ChunkedCrossEntropy(torch.autograd.Function):
-    """Summed NLL of x @ weight.T against targets, `chunk` rows at a time. The gradient is taken in
-    the same pass: for each chunk, d loss / d logits = softmax - onehot, which is pushed straight
-    into d x and d weight and then dropped. Backward only scales those by the incoming gradient,
-    so nothing is recomputed and no chunk's logits outlive it."""
+    """Summed NLL of x @ weight.T against targets (every row scored: Llama.loss drops the -100 rows first),
+    `chunk` rows at a time. The gradient is taken in the same pass: for each chunk, d loss / d logits =
+    softmax - onehot, which is pushed straight into d x and d weight and then dropped. Backward only scales
+    those by the incoming gradient, so nothing is recomputed and no chunk's logits outlive it."""
 
     @staticmethod
     def forward(ctx, x, weight, targets, chunk, needs_grad):
@@ -393,14 +393,11 @@ class ChunkedCrossEntropy(torch.autograd.Function):
         for i in range(0, targets.numel(), chunk):
             xi, ti = x[i:i + chunk], targets[i:i + chunk]
             logp = F.log_softmax(F.linear(xi, weight).float(), dim=-1)  # (rows, V), fp32 for the softmax
-            valid = ti != IGNORE_INDEX
-            safe_t = ti.clamp(min=0)[:, None]
-            total += (logp.gather(1, safe_t)[:, 0] * valid).sum().neg()
+            ti = ti[:, None]
+            total += logp.gather(1, ti)[:, 0].sum().neg()
             if needs_grad:
                 g = logp.exp_()  # softmax, in the same buffer
-                g.scatter_add_(1, safe_t, torch.full_like(safe_t, -1, dtype=g.dtype))  # minus the one-hot target
-                if not bool(valid.all()):
-                    g[~valid] = 0
+                g.scatter_add_(1, ti, torch.full_like(ti, -1, dtype=g.dtype))  # minus the one-hot target
                 grad_x[i:i + chunk] = g.to(weight.dtype) @ weight  # (rows, C)
                 grad_w += (g.t() @ xi.to(g.dtype)).float()  # (V, C)
         ctx.save_for_backward(grad_x, grad_w)
