@@ -15,9 +15,8 @@ done_() { [ -f $1 ] && grep -q '"complete": true' $1; }
 row() {  # $1 = name, then eval_ruler.py flags
   n=$1; shift
   f=$O/$n.json
-  R="--reuse"; [ -f $f ] && R="$R $f"; [ $n = none ] && R="$R $O/calibration_2k.json"
-  [ "$R" = "--reuse" ] && R=""
-  done_ $f || $PY eval_ruler.py --model $M --threads 1 --len 2k 4k 8k 16k --trials 5 5 3 2 "$@" $R --out $f >> $O/$n.log 2>&1
+  R=""; [ -f $f ] && R=$f; [ $n = none ] && R="$R $O/calibration_2k.json"
+  done_ $f || $PY eval_ruler.py --model $M --threads 1 --len 2k 4k 8k 16k --trials 5 5 3 2 "$@" ${R:+--reuse $R} --out $f >> $O/$n.log 2>&1
 }
 row none &
 row yarn2_free --rope yarn --factor 2 &
