@@ -35,7 +35,7 @@ passkey() {  # $1 = name, $2 = lengths, $3 = trials per length, then eval_passke
   n=$1 L=$2 T=$3; shift 3
   f=$O/passkey_$n.json
   R=""; [ -f $f ] && R="--reuse $f"
-  done_ $f || $PY eval_passkey.py --threads 1 --len $L --trials $T "$@" $R --out $f > $O/passkey_$n.log 2>&1
+  done_ $f || $PY eval_passkey.py --threads 1 --len $L --trials $T "$@" $R --out $f >> $O/passkey_$n.log 2>&1
 }
 ppl() {  # the first L tokens of Hamlet, one pass through the KV cache: PPL at each L, segments derived by report.py
   n=$1; shift

@@ -41,8 +41,8 @@ passkey = {v: results(f"passkey_{v}") | results(f"passkey_{v}_32k") for v in ROW
 passkey = {v: rs for v, rs in passkey.items() if rs}
 ppl = {v: rs for v in ROWS if (rs := results(f"ppl_{v}"))}
 table("Passkey retrieval, correct / trials [95% Wilson interval]; same keys and depths in every row", passkey, passkey_cell)
-table("Passkey accuracy by key depth (0.1 = key near the start), trials per cell in brackets", passkey,
-      lambda r: " ".join(f"{d['accuracy']:.1f}({d['trials']})" for d in r["by_depth"]))
+table("Passkey accuracy by key depth, depth: accuracy(trials) (0.1 = key near the start; a depth no trial drew is left out)", passkey,
+      lambda r: " ".join(f"{d['depth']:.1f}: {d['accuracy']:.1f}({d['trials']})" for d in r["by_depth"]))
 table("Perplexity of the first L tokens of Hamlet", ppl, lambda r: f"{r['ppl']:.2f}")
 table("Perplexity of the tokens between the previous length and L only (where extension shows)",
       {v: segment_ppl(rs) for v, rs in ppl.items()}, lambda r: f"{r['ppl']:.2f}")
