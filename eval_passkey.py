@@ -1,6 +1,7 @@
 """
 Passkey retrieval (the PoSE / YaRN protocol, REFERENCE.md section 4): a random 5-digit key hidden
-at a random depth in L tokens of filler text; greedy decoding of up to 10 tokens through the KV cache;
+at a random depth in L tokens of filler text; greedy decoding of up to 10 tokens through the KV cache
+(ending early once a run of digits is followed by another character: the score cannot change then);
 a trial succeeds when the first integer in the output is the key.
 
     python eval_passkey.py --len 32768          # the model train.py just saved (out/pose/hf)
@@ -65,11 +66,17 @@ def first_int(text):
     return int(m.group()) if m else None
 
 
+def answer_complete(text):
+    """True once text holds a run of digits followed by something else: first_int(text) can no longer change."""
+    return re.search(r"\d\D", text) is not None
+
+
 @torch.no_grad()
-def greedy(model, ids, cache, start, max_new_tokens, eos_id, piece=None, progress=None):
+def greedy(model, ids, cache, start, max_new_tokens, eos_id, piece=None, progress=None, stop=None):
     """Greedy continuation of `ids`, whose first `start` tokens are already in `cache`. piece: prefill in pieces
     of that many tokens, calling progress(tokens done, tokens to do) after each (a 32k prefill on a CPU takes
-    minutes; a piece after cached tokens costs what it would inside one pass: model.cached_prefill_attention)."""
+    minutes; a piece after cached tokens costs what it would inside one pass: model.cached_prefill_attention).
+    stop(tokens so far) -> True ends decoding early (passkey: once the answer's first integer is complete)."""
     cache.length = start  # the cache's keys/values after the shared prefix get overwritten
     device = cache.k[0].device
     if piece:
@@ -83,6 +90,8 @@ def greedy(model, ids, cache, start, max_new_tokens, eos_id, piece=None, progres
         if nxt.item() == eos_id:
             break
         out.append(nxt.item())
+        if stop and stop(out):
+            break
         x = nxt.view(1, 1)
     return out
 
@@ -107,7 +116,8 @@ def run_length(model, tok, length, depths, keys, max_new_tokens=10, share=True, 
         long = piece and not length_dependent and len(ids) - shared > 2 * piece
         meter = Progress(len(ids), shared)
         progress = lambda done, todo: print(f"  prefill {meter.line(shared + done)}", flush=True)
-        text = tok.decode(greedy(model, ids, cache, shared, max_new_tokens, tok.eos_id, piece if long else None, progress))
+        text = tok.decode(greedy(model, ids, cache, shared, max_new_tokens, tok.eos_id, piece if long else None, progress,
+                                 stop=lambda out: answer_complete(tok.decode(out))))
         t.update(output=text, correct=first_int(text) == t["key"], prompt_tokens=len(ids), prefilled=len(ids) - shared,
                  seconds=round(time.perf_counter() - t0, 2))
         prev = ids
@@ -143,6 +153,7 @@ def main(argv=None):
     cells = sorted(set(args.depths)) if args.depths else [0.1, 0.3, 0.5, 0.7, 0.9]
     work = lambda L: n_trials[L] * L ** 1.5  # for the ETA: prefill cost grows between linearly and quadratically in L
     t_start, done, results, records = time.perf_counter(), 0.0, [], []
+    last_write = [t_start]
     for L in lengths:
         # two streams, so that the first k trials of a longer run are those of a k-trial run
         depths = np.repeat(args.depths, n_trials[L]) if args.depths else np.random.default_rng([args.seed, L, 0]).uniform(0, 1, n_trials[L])
@@ -157,13 +168,23 @@ def main(argv=None):
             print(f"L={L} trial {i + 1}/{len(depths)} depth {t['depth']:.2f} key {t['key']} -> {t['output']!r} "
                   f"{'ok' if t['correct'] else 'MISS'} ({t['seconds']:.1f} s, ETA {eta / 60:.1f} min)", flush=True)
             finished.append(dict(t, length=L))
-            if args.out:  # after every trial (a 32k trial takes minutes on a CPU): --reuse picks a stopped run up
+            # a 32k trial takes minutes on a CPU: --reuse picks a stopped run up. At most every 10 s, since each write
+            # holds every trial so far (rewriting 1,200 short trials after each one would cost more than running them)
+            if time.perf_counter() - last_write[0] > 10:
+                save_partial()
+
+        def save_partial():
+            last_write[0] = time.perf_counter()
+            if args.out:
                 write_json(args, {"lengths": lengths, "tokenizer": str(tok.path), "complete": False}, results,
                            trials=records + finished, quiet=True)
         try:
             trials = run_length(model, tok, L, depths, keys, args.max_new_tokens, log=log, known=reused)
         except ValueError as e:
             parser.error(str(e))
+        except BaseException:  # Ctrl-C or an error: keep every finished trial, those of the last 10 s too
+            save_partial()
+            raise
         done += work(L)
         records += [dict(t, length=L) for t in trials]
         acc = lambda ts: sum(t["correct"] for t in ts) / len(ts)

@@ -96,6 +96,30 @@ def test_scoring_edge_cases():
     assert first_int("nothing") != key
 
 
+class Scripted(torch.nn.Module):
+    """The tiny model (so that the KV cache fills as usual) answering a fixed text, one byte-token per step."""
+
+    def __init__(self, real, answer):
+        super().__init__()
+        self.real, self.config, self.answer, self.steps = real, real.config, answer.encode(), 0
+
+    def forward(self, x, kv_cache=None, logits_to_keep=0):
+        self.real(x, kv_cache=kv_cache, logits_to_keep=1)
+        logits = torch.zeros(1, 1, VOCAB)
+        logits[0, 0, self.answer[min(self.steps, len(self.answer) - 1)]] = 1.0
+        self.steps += 1
+        return logits
+
+
+@pytest.mark.parametrize("answer, output", [(" 12345. Remember it.", " 12345."), (" 123 45 6789", " 123 "),
+                                            (" the pass key.", " the pass ")])
+def test_decoding_stops_once_the_first_integer_is_complete(tiny, answer, output):
+    """Passkey decoding ends at the first non-digit after a run of digits (the score cannot change after it);
+    an answer without digits runs the full --max-new-tokens."""
+    (t,) = run_length(Scripted(tiny[0], answer), tiny[1], 400, [0.5], [12345], max_new_tokens=10)
+    assert t["output"] == output and t["correct"] == (first_int(answer) == 12345)
+
+
 @pytest.mark.parametrize("rope", [None, {"rope_type": "dynamic", "factor": 2.0}, {"rope_type": "yarn", "factor": 2.0}])
 def test_shared_prefix_equals_fresh_prefill(tiny_dir, tiny, rope):
     model = load_model(tiny_dir, rope=rope).eval()
