@@ -1,5 +1,6 @@
 """
-The PoSE story at toy scale, end to end on a CPU with the project's own tools (`make demo`, 21 min on 2 cores):
+The PoSE story at toy scale, end to end on a CPU with the project's own tools (`make demo`: 10 min
+on 2 cores of the last machine it ran on, about 17 projected for a slower one; results/demo/README.md):
 
   1. data      the public-domain corpus in data/train/, tokenised with the shipped 2,000-piece
                SentencePiece model (prepare_data.py); data/heldout/macbeth.txt for perplexity
