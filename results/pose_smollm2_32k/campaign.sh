@@ -27,7 +27,7 @@ train() {  # $1 = name, $2 = --num-chunks. 40 steps x 4 sequences x 1,024 tokens
   /usr/bin/time -v $PY train.py --init-from $M --data cache/data/smol_train --train-len 1024 --target-len 32768 --rope yarn \
       --num-chunks $2 --global-batch 4 --micro-batch 2 --max-steps 40 --lr 1e-4 --warmup 2 --no-ac --eval-every 0 \
       --ckpt-every 5 --seed 1337 --dtype fp32 --device cpu --out-dir out/smol32k-$1 $R > logs/train_smol32k_$1.log 2>&1
-  cp out/smol32k-$1/log.jsonl $O/train_$1.jsonl
+  [ -f $O/train_$1.jsonl ] || cp out/smol32k-$1/log.jsonl $O/train_$1.jsonl  # the committed log is that of the evaluated model
 }
 
 done_() { [ -f $1 ] && grep -q '"complete": true' $1; }

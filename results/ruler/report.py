@@ -1,4 +1,4 @@
-"""The RULER-style table of results/ruler/{none,yarn2_free}.json (written by campaign.sh), in markdown:
+"""The RULER-style table of results/ruler/{none,yarn2_free,pose_32k,control_32k}.json (campaign.sh), in markdown:
     python results/ruler/report.py
 One row per task and model, one column per length; a cell is the mean string_match_all over its trials, with the
 number of trials in brackets. The PNG of each model is eval_ruler.py's own (none.png, yarn2_free.png).
@@ -12,7 +12,8 @@ import numpy as np
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE.parents[1]))  # the repo root: eval_common
 from eval_common import length_table  # noqa: E402
-MODELS = {"none": "base (no scaling)", "yarn2_free": "yarn ×2, no fine-tuning"}
+MODELS = {"none": "base (no scaling)", "yarn2_free": "yarn ×2, no fine-tuning",
+          "pose_32k": "PoSE, yarn ×4 (fine-tuned to 32k)", "control_32k": "control (no skips), yarn ×4"}
 
 runs = {m: json.loads((HERE / f"{m}.json").read_text()) for m in MODELS if (HERE / f"{m}.json").exists()}
 tasks = list(dict.fromkeys(r["task"] for run in runs.values() for r in run["results"]))
@@ -27,7 +28,7 @@ for task in tasks + ["mean"]:
                 continue  # a mean over the tasks that happen to have run would mislead
             by_len[L] = (float(np.mean([r["score"] for r in here])), sum(r["trials"] for r in here))
         cells[task, m], names[task, m] = by_len, f"{task}, {MODELS[m]}" + ("" if run["settings"]["complete"] else " (incomplete)")
-length_table("RULER-style tasks, string_match_all (0-1) [trials]; the same prompts in both rows", cells, names,
+length_table("RULER-style tasks, string_match_all (0-1) [trials]; the same prompts in every row", cells, names,
              lambda c: f"{c[0]:.2f} [{c[1]}]")
 for m, run in runs.items():
     s = [t["seconds"] for t in run["trials"]]
