@@ -37,10 +37,14 @@ def load(parser, args):
     rope = None if args.rope is None else {"rope_type": args.rope, "factor": args.factor}
     if args.threads:
         torch.set_num_threads(args.threads)
-    model = load_model(path, dtype=DTYPES[args.dtype], device=args.device, rope=rope).eval()
+    try:  # a corrupt shard or tokenizer file: one line naming it, not a traceback
+        model = load_model(path, dtype=DTYPES[args.dtype], device=args.device, rope=rope).eval()
+        tok = load_tokenizer(path)
+    except (OSError, ValueError) as e:
+        parser.error(f"--model {path}: {e}")
     if args.compile:
         compile_blocks(model)
-    return model, load_tokenizer(path)
+    return model, tok
 
 
 class Progress:

@@ -116,8 +116,8 @@ def load_model(path, dtype=torch.float32, device="cpu", rope=None):
         state.update({"clex_layer." + k: v.to(device, dtype) for k, v in CLEX(config).state_dict().items()})
     missing, unexpected = sorted(expected.keys() - state.keys()), sorted(state.keys() - expected.keys())
     if missing or unexpected:
-        raise KeyError(f"{path}: tensors do not match config.json: missing {missing[:5]}"
-                       f"{' ...' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}")
+        raise ValueError(f"{path}: tensors do not match config.json: missing {missing[:5]}"
+                         f"{' ...' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}")
     model.load_state_dict(state, strict=True, assign=True)
     model.source_dir = path  # save_model copies the tokenizer files from here
     return model

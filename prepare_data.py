@@ -139,7 +139,10 @@ if __name__ == "__main__":
     if not files:
         parser.error(f"no .txt or .jsonl files in {' '.join(args.inputs)}")
     from tokenizer import load_tokenizer  # after the argument checks: a typo should not wait for an import
-    tok = load_tokenizer(args.tokenizer)
+    try:
+        tok = load_tokenizer(args.tokenizer)
+    except (OSError, ValueError) as e:
+        parser.error(f"--tokenizer: {e}")
     print(f"{len(files)} input files, tokenizer {args.tokenizer} (vocab {tok.vocab_size})", file=sys.stderr)
     docs = (tok.encode(text, bos=True) for text in read_texts(files, args.text_key))
     try:

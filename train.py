@@ -246,7 +246,10 @@ def get_batch(step, micro_step):
 torch.manual_seed(args.seed)  # a fresh model, or CLEX's new ODE weights on a checkpoint without them
 if args.init_from:
     # loaded in the checkpoint's own dtype (memory-mapped: free) and cast to fp32 below, block by block for FSDP
-    model = load_model(args.init_from, dtype=getattr(torch, config.torch_dtype, torch.float32), rope=rope)
+    try:
+        model = load_model(args.init_from, dtype=getattr(torch, config.torch_dtype, torch.float32), rope=rope)
+    except (OSError, ValueError) as e:  # a missing or corrupt shard: one line naming the file
+        sys.exit(f"error: --init-from {args.init_from}: {e}")
 else:
     model = Llama(config)
     model.init_weights()

@@ -2,6 +2,7 @@
 tokenizer.json built here (one token per byte, so lengths are easy to reason about)."""
 import json
 import math
+import shutil
 
 import pytest
 import torch
@@ -309,6 +310,20 @@ def test_bad_input(tiny_dir, tmp_path, capsys, script, argv, message):
     with pytest.raises(SystemExit) as e:
         script.main(argv)
     assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("script", [eval_passkey, eval_ppl])
+@pytest.mark.parametrize("broken", ["tokenizer.json", "model.safetensors"])
+def test_corrupt_model_folder_is_one_line(tiny_dir, tmp_path, capsys, script, broken):
+    """A truncated weights file or an invalid tokenizer.json under --model: argparse's error naming the file."""
+    shutil.copytree(tiny_dir, tmp_path / "m")
+    f = tmp_path / "m" / broken
+    f.write_bytes(f.read_bytes()[:100])
+    (tmp_path / "doc.txt").write_text("x " * 200)
+    with pytest.raises(SystemExit) as e:
+        script.main(["--model", str(tmp_path / "m"), "--len", "128", *(["--data", str(tmp_path / "doc.txt")] if script is eval_ppl else [])])
+    why = "not valid JSON" if broken == "tokenizer.json" else "not a readable safetensors file"
+    assert e.value.code == 2 and f": error: --model {tmp_path / 'm'}: {f}: {why}" in capsys.readouterr().err.strip().splitlines()[-1]
 
 
 def test_passkey_stopped_run_keeps_finished_lengths(tiny_dir, tmp_path, monkeypatch, capsys):

@@ -138,7 +138,7 @@ def test_missing_and_unexpected_keys(saved):
     del sd["model.layers.1.mlp.up_proj.weight"]
     sd["model.layers.7.mlp.up_proj.weight"] = torch.zeros(1)
     save_file(sd, saved / "model.safetensors")
-    with pytest.raises(KeyError, match=r"missing \['layers.1.mlp.up_proj.weight'\], unexpected \['layers.7.mlp.up_proj.weight'\]"):
+    with pytest.raises(ValueError, match=r"missing \['layers.1.mlp.up_proj.weight'\], unexpected \['layers.7.mlp.up_proj.weight'\]"):
         load_model(saved)
 
 

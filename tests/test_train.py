@@ -206,6 +206,34 @@ def test_resume_refuses_settings_that_change_the_run(files, tmp_path):
     assert [k for k in losses(tmp_path)] == [(1, "train"), (2, "train")]
 
 
+@pytest.fixture(scope="module")
+def stopped(files):
+    """A run stopped after its first step (ckpt.pt and log.jsonl written), and a second copy of its data."""
+    out = files / "stopped"
+    assert run(*common(files, **{"max-steps": 2, "eval-every": 0}), "--out-dir", out, "--stop-after", 1) is None
+    for ext in (".bin", ".idx.npy", ".json"):
+        shutil.copy(str(files / "syn") + ext, str(files / "syn-copy") + ext)
+    return out
+
+
+# every setting the --resume guard keeps, with a value other than the stopped run's
+CHANGED = {"method": "full", "train-len": 16, "target-len": 256, "orig-len": 64, "num-chunks": 3, "rope": "ntk",
+           "global-batch": 4, "max-steps": 3, "lr": 1e-3, "min-lr": 1e-5, "warmup": 1, "decay": "cosine",
+           "weight-decay": 0.1, "seed": 7, "data": "syn-copy", "mix": "text=0.5,copy=0.5", "mix-from": "1:text=1",
+           "gap-warmup": 5, "cream-sigma": 2.0}
+
+
+@pytest.mark.parametrize("flag", CHANGED)
+def test_resume_refuses_each_setting_that_changes_the_run(files, stopped, flag):
+    value = files / "syn-copy" if flag == "data" else CHANGED[flag]
+    before = (stopped / "ckpt.pt").read_bytes(), (stopped / "log.jsonl").read_text()
+    code = run(*common(files, **{"max-steps": 2, "eval-every": 0, flag: value}), "--out-dir", stopped, "--resume")
+    assert isinstance(code, str) and code.startswith("error: --resume with settings that change the run: "), code
+    named = code.split(": ")[2].split(";")[0]
+    assert named.startswith(f"--{flag} ") and ", --" not in named, code  # that flag, and only it
+    assert ((stopped / "ckpt.pt").read_bytes(), (stopped / "log.jsonl").read_text()) == before
+
+
 def test_preset_tiny(files, tmp_path, monkeypatch, capsys):
     """The docstring's CPU quick start, `python train.py --preset tiny`, cut to 2 steps by a flag (flags win):
     data from cache/data/tiny, a fresh 4-layer model, Lc 128 -> Lt 512, AC off, written to out/tiny."""
@@ -245,13 +273,19 @@ def test_no_training_document(files, tmp_path):
 def test_lr_schedule_logged(files, tmp_path, decay):
     """--warmup 3 steps up to --lr 3e-3, then --decay over the other 8 steps towards --min-lr 1e-4."""
     argv = common(files, **{"max-steps": 11, "global-batch": 2, "eval-every": 0, "min-lr": 1e-4, "decay": decay})
-    assert run(*argv, "--out-dir", tmp_path) is None
+    stepped = []  # the lr AdamW steps with, not only the one logged
+    handle = register_optimizer_step_pre_hook(lambda opt, a, kw: stepped.append(opt.param_groups[0]["lr"]))
+    try:
+        assert run(*argv, "--out-dir", tmp_path) is None
+    finally:
+        handle.remove()
     lr, low = 3e-3, 1e-4
     warm = [lr * s / 3 for s in (1, 2, 3)]
     down = {"linear": lambda r: 1 - r, "cosine": lambda r: (1 + math.cos(math.pi * r)) / 2}[decay]
     # steps 3..10 decay over ratios 0/8..7/8: the last step's lr is 1/8 of the way above --min-lr, not --min-lr
     expected = warm + [low + down(i / 8) * (lr - low) for i in range(8)]  # the line of step s + 1 has get_lr(s)
     assert [r["lr"] for r in log_records(tmp_path)] == pytest.approx(expected, rel=1e-12)
+    assert stepped == pytest.approx(expected, rel=1e-12)
     assert expected[3 + 4] == pytest.approx((lr + low) / 2)  # half-way down, both schedules are at the mean
     assert expected[3 + 2] == pytest.approx(low + (0.75 if decay == "linear" else 0.8535534) * (lr - low))
 
@@ -314,6 +348,28 @@ def test_text_windows_come_from_anywhere_in_a_document(tmp_path, method):
         assert (labels == x).all() and len(x) == (128 if method == "full" else 32)
         if method == "pose":  # content skips stay inside a 5 Lc span, positions inside Lt
             assert int(x.max() - x.min()) < 5 * 32 and int(pos.max()) < 128
+
+
+def test_corrupt_init_from_is_one_line(files, single, tmp_path):
+    """A truncated model.safetensors under --init-from: an error naming the file, nothing trained or written."""
+    shutil.copytree(single / "hf", tmp_path / "base")
+    weights = tmp_path / "base" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    code = run(*common(files, **{"config": None}), "--init-from", tmp_path / "base", "--out-dir", tmp_path / "out")
+    assert code.startswith(f"error: --init-from {tmp_path / 'base'}: {weights}: not a readable safetensors file, "
+                           f"truncated or corrupt (") and "\n" not in code, code
+    assert not (tmp_path / "out" / "ckpt.pt").exists()
+
+
+def test_prepare_data_bad_tokenizer_is_one_line(tmp_path):
+    """prepare_data.py --tokenizer with an invalid tokenizer.json: argparse's error naming the file, no traceback."""
+    (tmp_path / "tokenizer.json").write_text("{oops")
+    (tmp_path / "a.txt").write_text("some text")
+    p = subprocess.run([sys.executable, str(REPO / "prepare_data.py"), "--tokenizer", str(tmp_path), "--out",
+                        str(tmp_path / "out"), str(tmp_path / "a.txt")], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
+    assert p.stderr.strip().splitlines()[-1].startswith(
+        f"prepare_data.py: error: --tokenizer: {tmp_path / 'tokenizer.json'}: not valid JSON ("), p.stderr
 
 
 def test_clex_from_a_checkpoint_repeats_exactly(files, single):
