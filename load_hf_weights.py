@@ -202,11 +202,17 @@ def save_model(model, path, dtype=None, max_shard_bytes=5 * 1024**3, tokenizer_d
         for name in TOKENIZER_FILES if source else ():
             if (Path(source) / name).is_file():
                 shutil.copy2(Path(source) / name, tmp / name)
-        if path.exists():  # swap: the old folder is removed only once the new one is complete
+        if path.exists():  # swap: the old folder is removed only once the new one is in its place
             old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", dir=path.parent))
-            os.replace(path, old / path.name)
-            os.replace(tmp, path)
-            shutil.rmtree(old)
+            try:
+                os.replace(path, old / path.name)
+                os.replace(tmp, path)
+            except BaseException:
+                if (old / path.name).exists() and not path.exists():
+                    os.replace(old / path.name, path)  # the old folder back where it was
+                raise
+            finally:
+                shutil.rmtree(old)
         else:
             os.replace(tmp, path)
     except BaseException:

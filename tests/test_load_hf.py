@@ -1,5 +1,6 @@
 """load_model / save_model: round trips through stock transformers, and every bad input's message."""
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -206,6 +207,24 @@ def test_failed_save_leaves_no_half_written_folder(tmp_path, monkeypatch, existi
         ids = torch.arange(10)[None]
         with torch.no_grad():
             assert_logits_close(load_model(tmp_path / "ck")(ids), tiny_model(seed=1)(ids), atol=0)  # the old model
+
+
+def test_failed_swap_puts_the_old_folder_back(tmp_path, monkeypatch):
+    """The new folder is complete but moving it into place fails: the old folder is back at its path, nothing else."""
+    import load_hf_weights
+    save_model(tiny_model(seed=1), tmp_path / "ck")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "ck").iterdir()}
+    real = os.replace
+
+    def fail_into_place(src, dst):
+        if Path(dst) == tmp_path / "ck" and Path(src).name.startswith(".ck."):  # the new folder, not the old one back
+            raise OSError(5, "Input/output error")
+        real(src, dst)
+    monkeypatch.setattr(load_hf_weights.os, "replace", fail_into_place)
+    with pytest.raises(OSError, match="Input/output error"):
+        save_model(tiny_model(), tmp_path / "ck")
+    assert [p.name for p in tmp_path.iterdir()] == ["ck"]
+    assert {p.name: p.read_bytes() for p in (tmp_path / "ck").iterdir()} == before
 
 
 def test_unknown_rope_type(saved):
