@@ -5,7 +5,7 @@
 #   nohup sh results/ruler/campaign.sh > logs/ruler.log 2>&1 &
 # `campaign.sh finetuned`: the two fine-tunes of ../pose_smollm2_32k/ (PoSE and its control, yarn x4 to 32k), at 2k-16k,
 # the same prompts and trials as the rows above (16k first ran alone: the rows keep those trials); it trains them first
-# if out/ lacks them (`../pose_smollm2_32k/campaign.sh train`, ~1 h of both cores); then training-free yarn x4 at 16k.
+# if out/ lacks them (`../pose_smollm2_32k/campaign.sh train`, ~1 h of both cores); then training-free yarn x4 at 2k-16k.
 # Trials per task are sized to the CPU (a 16k prompt took 4-7 minutes of one core, decoding included): 5 / 5 / 3 / 2 at 2k / 4k / 8k / 16k,
 # 15 per task and row, 75 prompts per row. Restartable: a stopped row keeps its finished trials (--reuse of its own
 # JSON; its log is appended to); the no-scaling row also takes the 3 trials per task of calibration_2k.json (same model, seed and template).
@@ -30,7 +30,7 @@ if [ "$1" = finetuned ]; then
   row pose_32k "$ALL" "$TRIALS" --model out/smol32k-pose/hf &
   row control_32k "$ALL" "$TRIALS" --model out/smol32k-control/hf &
   wait
-  row yarn4_free 16k 2 --rope yarn --factor 4
+  row yarn4_free "$ALL" "$TRIALS" --rope yarn --factor 4  # ran as 16k here and 2k-8k beside it, merged by --reuse
   exit
 fi
 row none "$ALL" "$TRIALS" &
