@@ -204,15 +204,14 @@ def save_model(model, path, dtype=None, max_shard_bytes=5 * 1024**3, tokenizer_d
                 shutil.copy2(Path(source) / name, tmp / name)
         if path.exists():  # swap: the old folder is removed only once the new one is in its place
             old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", dir=path.parent))
+            os.replace(path, old / path.name)
             try:
-                os.replace(path, old / path.name)
                 os.replace(tmp, path)
             except BaseException:
-                if (old / path.name).exists() and not path.exists():
-                    os.replace(old / path.name, path)  # the old folder back where it was
+                os.replace(old / path.name, path)  # the old folder back where it was
+                old.rmdir()
                 raise
-            finally:
-                shutil.rmtree(old)
+            shutil.rmtree(old)
         else:
             os.replace(tmp, path)
     except BaseException:
