@@ -182,7 +182,10 @@ print0(f"data: {len(train_ids):,} training documents of >= {seq_len} tokens, {le
 passkey_window = None
 if any("passkey" in mix for mix in mixes.values()):  # passkey windows are built with the data's own tokenizer
     from tokenizer import load_tokenizer
-    passkey_window = PasskeyWindows(load_tokenizer(data.meta["tokenizer"]))
+    try:
+        passkey_window = PasskeyWindows(load_tokenizer(data.meta["tokenizer"]))
+    except (OSError, ValueError) as e:  # the tokenizer moved since prepare_data.py, or the data has none
+        sys.exit(f"error: passkey windows need the tokenizer named in {args.data}.json: {e}")
 if args.init_from:
     config = load_config(args.init_from)
 else:

@@ -361,6 +361,14 @@ def test_corrupt_init_from_is_one_line(files, single, tmp_path):
     assert not (tmp_path / "out" / "ckpt.pt").exists()
 
 
+def test_passkey_mix_without_the_data_tokenizer_is_one_line(files, tmp_path):
+    """--mix with passkey windows on a token file whose .json names no tokenizer that exists: one line, no run."""
+    code = run(*common(files, mix="passkey=1"), "--out-dir", tmp_path / "out")
+    assert isinstance(code, str) and code.startswith(
+        f"error: passkey windows need the tokenizer named in {files / 'syn'}.json: ") and "\n" not in code, code
+    assert not (tmp_path / "out").exists()
+
+
 def test_prepare_data_bad_tokenizer_is_one_line(tmp_path):
     """prepare_data.py --tokenizer with an invalid tokenizer.json: argparse's error naming the file, no traceback."""
     (tmp_path / "tokenizer.json").write_text("{oops")
