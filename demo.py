@@ -45,6 +45,7 @@ VARIANTS = {
     "yarn, no fine-tuning": ("base", "yarn"),
     "PoSE linear": ("pose-linear", None),
     "PoSE yarn": ("pose-yarn", None),
+    "no-skip control yarn": ("noskip-yarn", None),
     "CREAM yarn": ("cream-yarn", None),
     "full-length yarn": ("full-yarn", None),
     "CLEX": ("clex", None),
@@ -144,7 +145,7 @@ base = train("base", "plain", "none", None, BASE["steps"], BASE["lr"], BASE["war
 print(f"3/4 extension to Lt = {LT}: {FINE_TUNE['steps']} steps x {FINE_TUNE['batch']} sequences each, and 4/4 evaluation of "
       f"each model at {', '.join(map(str, args.lengths))} tokens ({args.trials} passkey trials per length, perplexity on "
       f"{ppl_data}): {args.workers} jobs side by side, one thread each")
-FINE_TUNES = ("full-yarn", "clex", "cream-yarn", "pose-yarn", "pose-linear")  # longest first: a full-length step is ~5x PoSE's
+FINE_TUNES = ("full-yarn", "clex", "cream-yarn", "pose-yarn", "noskip-yarn", "pose-linear")  # longest first: a full-length step is ~5x PoSE's
 
 
 def job(made, evaluate_only=None):
@@ -152,8 +153,10 @@ def job(made, evaluate_only=None):
     jobs are queued longest first, so that the workers finish together (longest-processing-time scheduling)."""
     if made != "base":
         method, rope = (made + "-none").split("-")[:2]
+        # the control: PoSE's run with its one ingredient removed, one chunk (positions 0..Lc-1, no skip), same YaRN s
+        method, skips = ("pose", ["--num-chunks", 1]) if method == "noskip" else (method, [])
         train(made, method, rope, base / "hf", FINE_TUNE["steps"], FINE_TUNE["lr"], FINE_TUNE["warmup"],
-              FINE_TUNE["batch"], ["--mix", "copy=0.1,passkey=0.45,text=0.45"], live=False)
+              FINE_TUNE["batch"], ["--mix", "copy=0.1,passkey=0.45,text=0.45", *skips], live=False)
     return [r for name, (m, rope) in VARIANTS.items() if m == made and evaluate_only in (None, name)
             for r in evaluate(name, m, rope)]
 
@@ -217,7 +220,7 @@ for metric, label in (("passkey", "passkey accuracy"), ("ppl", "held-out perplex
     png = out.with_name(f"{out.stem}_{metric}.png")
     fig.savefig(png, dpi=110)
     print(f"wrote {png}")
-heat = [name for name in ("PoSE yarn", "CREAM yarn", "full-length yarn") if name in VARIANTS]
+heat = [name for name in ("PoSE yarn", "no-skip control yarn", "CREAM yarn", "full-length yarn") if name in VARIANTS]
 fig, axes = plt.subplots(1, len(heat), figsize=(4 * len(heat), 3.4), sharey=True)
 for ax, name in zip(axes, heat):
     rows = [r for r in results if r["variant"] == name]

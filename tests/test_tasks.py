@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from eval_passkey import FILLER, build_prompt, prompt_text
 from model import IGNORE_INDEX
@@ -126,7 +127,13 @@ def test_demo_quick(tmp_path):
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     res = json.loads(out.read_text())
     variants = {r["variant"] for r in res["results"]}
-    assert len(variants) == 8 and {"PoSE yarn", "CREAM yarn", "full-length yarn", "base (plain RoPE)"} <= variants
+    assert len(variants) == 9 and {"PoSE yarn", "no-skip control yarn", "CREAM yarn", "full-length yarn",
+                                   "base (plain RoPE)"} <= variants
+    # the control is PoSE's run with the skips removed and nothing else: one chunk, the same method, rope and seed
+    run_args = {m: torch.load(tmp_path / "w" / m / "ckpt.pt", weights_only=True)["args"] for m in ("pose-yarn", "noskip-yarn")}
+    assert run_args["pose-yarn"]["num_chunks"] == 2 and run_args["noskip-yarn"]["num_chunks"] == 1
+    assert {k: v for k, v in run_args["pose-yarn"].items() if k not in ("num_chunks", "out_dir")} == \
+        {k: v for k, v in run_args["noskip-yarn"].items() if k not in ("num_chunks", "out_dir")}
     assert {(r["variant"], r["length"]) for r in res["results"]} == {(v, L) for v in variants for L in (128, 256)}
     for r in res["results"]:
         assert 0 <= r["passkey"] <= 1 and r["ppl"] > 1

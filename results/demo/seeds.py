@@ -26,7 +26,8 @@ parser.add_argument("--work-dir", default="out/demo-seeds", help="the fine-tunes
 parser.add_argument("--out", help="results JSON (default: WORK_DIR/seeds.json)")
 parser.add_argument("--seeds", type=int, nargs="+", default=[1337, 1, 2, 3, 4], help="fine-tuning seeds; 1337 is the "
                     "demo's own (default: %(default)s)")
-parser.add_argument("--variants", nargs="+", default=["full-yarn", "cream-yarn", "pose-yarn"], help="(default: %(default)s)")
+parser.add_argument("--variants", nargs="+", default=["full-yarn", "cream-yarn", "pose-yarn", "noskip-yarn"],
+                    help="noskip-yarn is PoSE's control: --num-chunks 1 (default: %(default)s)")
 parser.add_argument("--workers", type=int, default=2, help="jobs side by side, one thread each (default: %(default)s)")
 args = parser.parse_args()
 demo, work = Path(args.demo_dir), Path(args.work_dir)
@@ -46,6 +47,7 @@ def run(cmd, log):
 def job(variant, seed):
     """Fine-tune `variant` from the demo's base with `seed` (demo.py's train() flags), then its passkey evaluation."""
     out, method, rope = work / f"{variant}-s{seed}", *variant.split("-")
+    method, skips = ("pose", ["--num-chunks", 1]) if method == "noskip" else (method, [])  # demo.py's control
     work.mkdir(parents=True, exist_ok=True)
     if not (out / "hf" / "config.json").exists():
         run(["train.py", "--data", demo / "data/train", "--out-dir", out, "--method", method, "--rope", rope,
@@ -53,7 +55,7 @@ def job(variant, seed):
              "--micro-batch", FT["batch"], "--lr", FT["lr"], "--min-lr", FT["lr"] / 10, "--warmup", FT["warmup"],
              "--decay", "cosine", "--weight-decay", 0.1, "--beta2", 0.95, "--no-ac", "--dtype", "fp32", "--device", "cpu",
              "--eval-every", 0, "--ckpt-every", FT["steps"], "--seed", seed, "--mix", "copy=0.1,passkey=0.45,text=0.45",
-             "--init-from", demo / "base" / "hf"], f"{out}.train.log")
+             "--init-from", demo / "base" / "hf", *skips], f"{out}.train.log")
     pk = work / f"{variant}-s{seed}.passkey.json"
     if not pk.exists():
         run(["eval_passkey.py", "--model", out / "hf", "--len", *settings["lengths"], "--threads", 1,
@@ -101,8 +103,18 @@ for r in rows:
     if "repeats_demo_weights" in r:
         print(f"seed {r['seed']} {r['variant']}: weights identical to the demo run's: {r['repeats_demo_weights']}, "
               f"passkey outputs identical: {r['repeats_demo_outputs']}")
+paired = {}  # what the skips add: PoSE minus its no-skip control, seed by seed (same data order, same passkey trials)
+if {"pose-yarn", "noskip-yarn"} <= set(args.variants):
+    by = {(r["variant"], r["seed"]): r for r in rows}
+    print("\nPoSE yarn minus the no-skip control, paired by seed (mean ± sd over seeds; seeds where PoSE is ahead / behind)")
+    for c in cols:
+        d = [by["pose-yarn", s][c] - by["noskip-yarn", s][c] for s in args.seeds]
+        paired[c] = dict(mean=mean(d), std=stdev(d) if len(d) > 1 else 0.0, by_seed=dict(zip(args.seeds, d)),
+                         ahead=sum(x > 0 for x in d), behind=sum(x < 0 for x in d))
+        print(f"  {c:<15} {paired[c]['mean']:+.3f} ± {paired[c]['std']:.3f}  ({paired[c]['ahead']} / {paired[c]['behind']})")
 out = Path(args.out or work / "seeds.json")
 out.parent.mkdir(parents=True, exist_ok=True)
-out.write_text(json.dumps(dict(demo_dir=str(demo), demo_settings=settings, seeds=args.seeds, runs=rows, summary=summary),
+out.write_text(json.dumps(dict(demo_dir=str(demo), demo_settings=settings, seeds=args.seeds, runs=rows, summary=summary,
+                               pose_minus_control=paired),
                           indent=1) + "\n")
 print(f"wrote {out}")
