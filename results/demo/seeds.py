@@ -57,9 +57,9 @@ def job(variant, seed):
              "--eval-every", 0, "--ckpt-every", FT["steps"], "--seed", seed, "--mix", "copy=0.1,passkey=0.45,text=0.45",
              "--init-from", demo / "base" / "hf", *skips], f"{out}.train.log")
     pk = work / f"{variant}-s{seed}.passkey.json"
-    if not pk.exists():
+    if not (pk.exists() and json.loads(pk.read_text())["settings"]["complete"]):  # a stopped one: keep its trials
         run(["eval_passkey.py", "--model", out / "hf", "--len", *settings["lengths"], "--threads", 1,
-             "--trials", settings["trials"], "--out", pk], f"{out}.passkey.log")
+             "--trials", settings["trials"], "--out", pk, *(["--reuse", pk] if pk.exists() else [])], f"{out}.passkey.log")
     trials = json.loads(pk.read_text())["trials"]
     print(f"  {variant} seed {seed}: done", flush=True)
     return variant, seed, trials
