@@ -194,7 +194,9 @@ def test_cli_same_items_for_every_model_and_resume(hf_dir, data_dir, tmp_path, c
     a["complete"] = False
     (tmp_path / "c.json").write_text(json.dumps(a))
     resumed, text = run(capsys, *common, "--out", tmp_path / "c.json")
-    assert "resuming" in text and "hellaswag 2/4" in text
+    resume_line = next(line for line in text.splitlines() if line.startswith("resuming"))
+    assert "hellaswag 2/4, winogrande 0/4, lambada 0/4" in resume_line
+    assert "all tasks 10/10 items" in text  # only the 10 unfinished items were scored
     c = json.loads((tmp_path / "c.json").read_text())
     assert c["complete"] and [r["ll"] for r in c["items"]["hellaswag"]] == [r["ll"] for r in json.loads(
         (tmp_path / "a.json").read_text())["items"]["hellaswag"]]
