@@ -22,8 +22,9 @@ Cost: the choices of an item share their tokens up to the first that differs; th
 KV cache, then the rest of every choice runs as one batch, and logits are taken only from the row that predicts a
 continuation's first token on: one forward per item, never [T, V] logits over a context.
 --limit N evaluates N items per task, the first N of a fixed permutation (seed --seed, the same for every model,
-and the first N of a larger --limit): any prefix of a run is a random sample. --out is written every --save-every
-seconds with the finished items ("complete": false); a rerun with the same --out and settings continues from them.
+and the first N of a larger --limit); the tasks are interleaved, each at the same fraction of its items, so a run
+stopped early holds a random sample of every task. --out is written every --save-every seconds with the finished
+items ("complete": false); a rerun with the same --out and settings continues from them (a larger --limit too).
 Prints a table: accuracy with its 95% interval (Wilson), per task; the JSON holds each item's scores and seconds.
 """
 import argparse
@@ -201,7 +202,7 @@ def main(argv=None):
         parser.error("--limit must be >= 0 (0 = every item)")
     args.data_dir = str(args.data_dir or cache_root() / "benchmarks")
     data = {t: select(read_task(parser, args.data_dir, t), args.limit, args.seed, t) for t in tasks}
-    same = ["model", "rope", "factor", "limit", "seed", "bos", "dtype"]
+    same = ["model", "rope", "factor", "seed", "bos", "dtype"]  # not --limit: a larger one continues a smaller one's items
     done = {t: [] for t in tasks}
     if args.out and Path(args.out).is_file():  # resume: the items a stopped run finished
         try:
@@ -224,7 +225,9 @@ def main(argv=None):
           f"{args.device} {args.dtype}, {torch.get_num_threads()} threads")
 
     # every request tokenized up front: the cost of each item (tokens through the model) drives the time estimate
-    todo = [(t, item, [encode_pair(tok, c, k, bos) for c, k in requests(item)]) for t in tasks for item in data[t][len(done[t]):]]
+    # interleaved, each task at the same fraction of its items: a run stopped early holds a random sample of every task
+    order = sorted((j / len(data[t]), n, t, j) for n, t in enumerate(tasks) for j in range(len(done[t]), len(data[t])))
+    todo = [(t, data[t][j], [encode_pair(tok, c, k, bos) for c, k in requests(data[t][j])]) for _, _, t, j in order]
     cost = lambda pairs: sum(len(c) + len(k) for c, k in pairs) - (len(pairs) - 1) * min(len(c) for c, _ in pairs)
     total = sum(cost(p) for _, _, p in todo)
     t0 = last_log = last_save = time.perf_counter()

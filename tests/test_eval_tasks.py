@@ -184,6 +184,8 @@ def test_cli_same_items_for_every_model_and_resume(hf_dir, data_dir, tmp_path, c
     common = ["--model", hf_dir, "--data-dir", data_dir, "--tasks", "hellaswag", "winogrande", "lambada", "--limit", 4]
     full, text = run(capsys, *common, "--out", tmp_path / "a.json")
     assert "| hellaswag | 4 |" in text and "ppl" in text
+    progress = [line.split()[0] for line in text.splitlines() if " items/min" in line]
+    assert progress[:6] == ["hellaswag", "winogrande", "lambada"] * 2  # interleaved: a partial run samples every task
     a = json.loads((tmp_path / "a.json").read_text())
     assert a["complete"] and len(a["items"]["winogrande"]) == 4
     run(capsys, *common, "--rope", "linear", "--factor", 2, "--out", tmp_path / "b.json")
@@ -201,6 +203,8 @@ def test_cli_same_items_for_every_model_and_resume(hf_dir, data_dir, tmp_path, c
     assert c["complete"] and [r["ll"] for r in c["items"]["hellaswag"]] == [r["ll"] for r in json.loads(
         (tmp_path / "a.json").read_text())["items"]["hellaswag"]]
     assert resumed == full
+    grown, text = run(capsys, *common[:-1], 5, "--out", tmp_path / "c.json")  # a larger --limit continues the run
+    assert "all tasks 3/3 items" in text and grown["hellaswag"]["n"] == 5
 
 
 def error_line(capsys, *argv):
