@@ -183,6 +183,9 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(parser, lengths=None)
     parser._option_string_actions["--len"].help = argparse.SUPPRESS  # lengths mean nothing here
+    # every item has its own shapes: torch.compile would recompile again and again, so off unless asked for
+    parser.set_defaults(compile=False)
+    parser._option_string_actions["--compile"].help = "torch.compile each block (default: off: every item has its own shapes)"
     add = parser.add_argument
     add("--tasks", nargs="+", default=DEFAULT_TASKS,
         help=f"tasks to run, or 'all' (adds mmlu); known: {' '.join(ALL_TASKS)} (default: {' '.join(DEFAULT_TASKS)})")
