@@ -206,7 +206,7 @@ def main(argv=None):
     args.data_dir = str(args.data_dir or cache_root() / "benchmarks")
     data = {t: select(read_task(parser, args.data_dir, t), args.limit, args.seed, t) for t in tasks}
     same = ["model", "rope", "factor", "seed", "bos", "dtype"]  # not --limit: a larger one continues a smaller one's items
-    done = {t: [] for t in tasks}
+    done, kept = {t: [] for t in tasks}, {}  # kept: the items of tasks this run leaves out, saved as they were
     if args.out and Path(args.out).is_file():  # resume: the items a stopped run finished
         try:
             old = json.loads(Path(args.out).read_text())
@@ -215,6 +215,7 @@ def main(argv=None):
         before = old.get("settings", {})
         if differ := [f"{k} {before.get(k)!r}" for k in same if before.get(k) != getattr(args, k)]:
             parser.error(f"--out {args.out}: its {', '.join(differ)} differ from this run's; pass another --out")
+        kept = {t: rs for t, rs in old.get("items", {}).items() if t not in tasks}
         for t in tasks:
             done[t] = [r for r in old.get("items", {}).get(t, [])]
             ids = [x["id"] for x in data[t][:len(done[t])]]
@@ -241,7 +242,8 @@ def main(argv=None):
 
     def save(complete):
         if args.out:
-            write_json(args, {"tasks": tasks, "bos_used": bos}, results(), quiet=not complete, items=done, complete=complete)
+            write_json(args, {"tasks": tasks, "bos_used": bos}, results() | {t: summarize(t, rs) for t, rs in kept.items()},
+                       quiet=not complete, items=kept | done, complete=complete)
 
     for i, (t, item, pairs) in enumerate(todo):
         start = time.perf_counter()

@@ -205,6 +205,9 @@ def test_cli_same_items_for_every_model_and_resume(hf_dir, data_dir, tmp_path, c
     assert resumed == full
     grown, text = run(capsys, *common[:-1], 5, "--out", tmp_path / "c.json")  # a larger --limit continues the run
     assert "all tasks 3/3 items" in text and grown["hellaswag"]["n"] == 5
+    run(capsys, *common[:5], "boolq", "--limit", 5, "--out", tmp_path / "c.json")  # another task into the same file
+    c = json.loads((tmp_path / "c.json").read_text())
+    assert len(c["items"]["hellaswag"]) == 5 and len(c["items"]["boolq"]) == 5 and c["results"]["lambada"]["n"] == 5
 
 
 def error_line(capsys, *argv):
