@@ -18,17 +18,18 @@ S=$C/texts/shakespeare
 O=results/retention
 PY=${PY:-.venv/bin/python}
 LIMIT=${LIMIT:-800}
+TASKS=${TASKS:-hellaswag piqa winogrande arc_easy arc_challenge boolq lambada}  # TASKS="... mmlu" adds MMLU (optional)
 mkdir -p $O logs
 export OMP_NUM_THREADS=1
 
 setup() {  # the checkpoint and the benchmark files (once; offline afterwards)
   [ -f $M/config.json ] || $PY scripts/get_smollm2.py
   $PY -c "import pyarrow" 2>/dev/null || $PY -m pip install -q pyarrow
-  $PY scripts/get_benchmarks.py hellaswag piqa winogrande arc_easy arc_challenge boolq lambada
+  $PY scripts/get_benchmarks.py $TASKS
 }
 evaluate() {  # $1 = name, then the model's flags
   n=$1; shift
-  $PY eval_tasks.py --threads 1 --limit $LIMIT "$@" --out $O/tasks_$n.json >> $O/tasks_$n.log 2>&1
+  $PY eval_tasks.py --threads 1 --limit $LIMIT --tasks $TASKS "$@" --out $O/tasks_$n.json >> $O/tasks_$n.log 2>&1
 }
 data() {  # as results/pose_smollm2_32k/campaign.sh: Hamlet, Othello, Lear held out
   [ -f $C/data/smol_train.bin ] || { $PY scripts/get_texts.py alice29 plrabn12 botchan --shakespeare;
