@@ -228,9 +228,9 @@ def main(argv=None):
     print(f"{args.model}: rope {args.rope or 'of the checkpoint'} (factor {args.factor}), BOS {'yes' if bos else 'no'}, "
           f"{args.device} {args.dtype}, {torch.get_num_threads()} threads")
 
-    # every request tokenized up front: the cost of each item (tokens through the model) drives the time estimate
     # interleaved, each task at the same fraction of its items: a run stopped early holds a random sample of every task
     order = sorted((j / len(data[t]), n, t, j) for n, t in enumerate(tasks) for j in range(len(done[t]), len(data[t])))
+    # every request tokenized up front: the cost of each item (tokens through the model) drives the time estimate
     todo = [(t, data[t][j], [encode_pair(tok, c, k, bos) for c, k in requests(data[t][j])]) for _, _, t, j in order]
     cost = lambda pairs: sum(len(c) + len(k) for c, k in pairs) - (len(pairs) - 1) * min(len(c) for c, _ in pairs)
     total = sum(cost(p) for _, _, p in todo)
