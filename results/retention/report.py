@@ -1,6 +1,5 @@
 """Retention report: each model's zero-shot accuracy (95% Wilson interval) and its paired difference from the base
-on the same items (mean difference with a 95% normal interval over items, exact McNemar p on the discordant
-pairs), per task; a bar plot per task. Reads results/retention/tasks_<name>.json (eval_tasks.py; partial ones too,
+on the same items (the difference with Newcombe's 95% interval for paired proportions, the exact McNemar p), per task; a bar plot per task. Reads results/retention/tasks_<name>.json (eval_tasks.py; partial ones too,
 marked), prints markdown tables and writes retention.png.
 
     .venv/bin/python results/retention/report.py            # from the repo root
@@ -34,17 +33,30 @@ def mcnemar(b, c):
     return min(1.0, 2 * tail)
 
 
+def newcombe(a, b, c, d):
+    """95% interval of the paired difference p_model - p_base = (b - c) / n, where a items are right for both, b
+    only for the model (gained), c only for the base (lost), d for neither: Newcombe's method 10 (Stat. Med. 1998),
+    the two Wilson intervals combined with the pairs' correlation; unconditional, sound with few discordant items."""
+    n = a + b + c + d
+    p1, p2 = (a + b) / n, (a + c) / n
+    (l1, u1), (l2, u2) = wilson(a + b, n), wilson(a + c, n)
+    A = (a + b) * (c + d) * (a + c) * (b + d)
+    phi = (a * d - b * c) / math.sqrt(A) if A else 0.0
+    dl = math.sqrt(max((p1 - l1) ** 2 - 2 * phi * (p1 - l1) * (u2 - p2) + (u2 - p2) ** 2, 0.0))
+    du = math.sqrt(max((u1 - p1) ** 2 - 2 * phi * (u1 - p1) * (p2 - l2) + (p2 - l2) ** 2, 0.0))
+    return p1 - p2 - dl, p1 - p2 + du
+
+
 def paired(base, other, m):
-    """(n, mean difference, 95% half-width, gained, lost, McNemar p) on the items both runs hold."""
+    """(n, difference, (low, high), gained, lost, McNemar p) on the items both runs hold."""
     b = {r["id"]: r[m] for r in base}
-    d = [r[m] - b[r["id"]] for r in other if r["id"] in b]
-    n = len(d)
+    pairs = [(r[m], b[r["id"]]) for r in other if r["id"] in b]
+    n = len(pairs)
     if n < 2:
         return None
-    mean = sum(d) / n
-    half = 1.96 * math.sqrt(sum((x - mean) ** 2 for x in d) / (n - 1) / n)
-    gained, lost = d.count(1), d.count(-1)
-    return n, mean, half, gained, lost, mcnemar(gained, lost)
+    cnt = {(x, y): pairs.count((x, y)) for x in (0, 1) for y in (0, 1)}
+    gained, lost = cnt[1, 0], cnt[0, 1]
+    return n, (gained - lost) / n, newcombe(cnt[1, 1], gained, lost, cnt[0, 0]), gained, lost, mcnemar(gained, lost)
 
 
 def main():
@@ -72,7 +84,6 @@ def main():
         print(f"| {ROWS[k]}{'' if run.get('complete') else ' (partial)'} | " + " | ".join(cells) + " |")
     print("\n## Paired difference from the base on the same items (points; 95% interval; +gained/-lost; McNemar p)\n")
     print("| model | " + " | ".join(tasks) + " | mean over tasks |\n|---|" + "---|" * (len(tasks) + 1))
-    diffs = {}
     for k, run in runs.items():
         if k == "base":
             continue
@@ -82,10 +93,9 @@ def main():
             if p is None:
                 cells.append("-")
                 continue
-            n, mean, half, g, l, pv = p
-            diffs[k, t] = (mean, half)
+            n, mean, (lo, hi), g, l, pv = p
             means.append(mean)
-            cells.append(f"{100 * mean:+.1f} ({100 * (mean - half):+.1f}, {100 * (mean + half):+.1f}) +{g}/-{l} p={pv:.2g}")
+            cells.append(f"{100 * mean:+.1f} ({100 * lo:+.1f}, {100 * hi:+.1f}) +{g}/-{l} p={pv:.2g}")
         print(f"| {ROWS[k]} | " + " | ".join(cells) + f" | {100 * sum(means) / len(means):+.1f} |" if means else "")
     plot(runs, tasks)
 
