@@ -59,10 +59,13 @@ def paired(base, other, m):
     return n, (gained - lost) / n, newcombe(cnt[1, 1], gained, lost, cnt[0, 0]), gained, lost, mcnemar(gained, lost)
 
 
-def main():
-    runs = {k: json.loads((HERE / f"tasks_{k}.json").read_text()) for k in ROWS if (HERE / f"tasks_{k}.json").is_file()}
+def main(folder=HERE):
+    """folder: where tasks_<row>.json are read and retention.png is written (default: this folder; another one,
+    e.g. a snapshot of files that running evaluations keep rewriting: report.py /tmp/snap)."""
+    folder = Path(folder)
+    runs = {k: json.loads((folder / f"tasks_{k}.json").read_text()) for k in ROWS if (folder / f"tasks_{k}.json").is_file()}
     if "base" not in runs:
-        sys.exit(f"{HERE}/tasks_base.json: missing; run results/retention/campaign.sh free first")
+        sys.exit(f"{folder}/tasks_base.json: missing; run results/retention/campaign.sh free first")
     tasks = [t for t in TASKS if t in runs["base"]["items"]]
     pct = lambda x: f"{100 * x:.1f}"
     print("\n## Accuracy (%, 95% Wilson interval; acc_norm for HellaSwag, PIQA, ARC, else acc; LAMBADA also perplexity)\n")
@@ -97,10 +100,10 @@ def main():
             means.append(mean)
             cells.append(f"{100 * mean:+.1f} ({100 * lo:+.1f}, {100 * hi:+.1f}) +{g}/-{l} p={pv:.2g}")
         print(f"| {ROWS[k]} | " + " | ".join(cells) + f" | {100 * sum(means) / len(means):+.1f} |" if means else "")
-    plot(runs, tasks)
+    plot(runs, tasks, folder)
 
 
-def plot(runs, tasks):
+def plot(runs, tasks, folder):
     plt = pyplot()
     if not plt:
         return
@@ -122,8 +125,8 @@ def plot(runs, tasks):
     ax.set_ylabel("accuracy, % (95% interval)")
     ax.set_title("SmolLM2-135M-Instruct, zero-shot, same items for every model")
     ax.legend(fontsize=7)
-    save_png(fig, HERE / "retention.png")
+    save_png(fig, folder / "retention.png")
 
 
 if __name__ == "__main__":
-    main()
+    main(*sys.argv[1:2])
