@@ -96,6 +96,8 @@ class LlamaConfig:
             rope.setdefault("original_max_position_embeddings", hf.get("original_max_position_embeddings", hf.get("max_position_embeddings", 2048)))
         names = {f.name for f in fields(cls)} - {"extra", "rope_scaling", "rope_theta"}
         known = {k: v for k, v in hf.items() if k in names and v is not None}
+        if "torch_dtype" not in known and isinstance(hf.get("dtype"), str):  # transformers >= 4.56 writes "dtype"
+            known["torch_dtype"] = hf["dtype"]
         if isinstance(known.get("eos_token_id"), list):  # Llama-3 lists several stop tokens
             known["eos_token_id"] = known["eos_token_id"][0]
         extra = {k: v for k, v in hf.items() if k not in names}
@@ -297,6 +299,10 @@ class Llama(nn.Module):
             self.clex_layer = CLEX(config)
         self.activation_checkpointing = False  # recompute each block in backward (train.py sets it)
         self.loss_chunk_size = 1024  # rows of logits materialised at once when computing a loss
+        # loss: drop unscored rows before the output projection (None: on a CPU only; elsewhere finding them would
+        # wait for the device, so they are kept and weighted 0)
+        self.drop_unscored = None
+        self._rope_table = None  # (key, inv_freq on the device, mscale) of a scheme whose frequencies are fixed
 
     def init_weights(self, std=0.02):
         """transformers' Llama initialisation: N(0, 0.02) for every matrix, ones for norms; CLEX's own."""
@@ -323,9 +329,15 @@ class Llama(nn.Module):
         seq_len = None
         if kind in ("dynamic", "longrope") or (kind == "clex" and scale_t is None):
             seq_len = int(position_ids.max()) + 1  # these schemes depend on how far the input reaches
-        if kind != "clex":
+        if kind in ("dynamic", "longrope"):
             inv_freq, mscale = rope_from_config(self.config, seq_len)
             return cos_sin(inv_freq, position_ids, mscale)
+        if kind != "clex":  # fixed frequencies: built once on the device, not on the host every forward
+            key = (position_ids.device, self.config.head_dim, self.config.rope_theta, repr(self.config.rope_scaling))
+            if self._rope_table is None or self._rope_table[0] != key:
+                inv_freq, mscale = rope_from_config(self.config)
+                self._rope_table = (key, inv_freq.to(position_ids.device), mscale)
+            return cos_sin(self._rope_table[1], position_ids, self._rope_table[2])
         if scale_t is None:  # CLEX at inference: t = ceil(L / L0). Decoding keeps the prompt's t (kept on the
             # cache), so every cached key and every new query share one set of frequencies
             L0 = rs.get("original_max_position_embeddings", self.config.max_position_embeddings)
@@ -369,35 +381,42 @@ class Llama(nn.Module):
         x = x[:, :-1].reshape(-1, x.shape[-1])
         targets = labels[:, 1:].reshape(-1)
         scored = targets != IGNORE_INDEX
-        if not bool(scored.all()):  # unscored rows (a prompt, a sliding window's context) need no logits at all:
-            x, targets = x[scored], targets[scored]  # drop them before the [rows, V] projection, the costliest step
+        drop = self.drop_unscored if self.drop_unscored is not None else x.device.type == "cpu"
+        mask, count = None, None
+        if drop and not bool(scored.all()):  # unscored rows (a prompt, a sliding window's context) need no logits at
+            x, targets = x[scored], targets[scored]  # all: drop them before the [rows, V] projection, the costliest step
+        elif not drop:  # no host sync: every row goes through, the unscored ones weighted 0
+            mask, count = scored.to(torch.float32), scored.sum().clamp(min=1)
+            targets = targets.masked_fill(~scored, 0)
         weight = self.output_weight
         needs_grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
-        total = ChunkedCrossEntropy.apply(x, weight, targets, self.loss_chunk_size, needs_grad)
+        total = ChunkedCrossEntropy.apply(x, weight, targets, self.loss_chunk_size, needs_grad, mask)
         if reduction == "sum":
             return total
-        return total / max(targets.numel(), 1)
+        return total / (count if count is not None else max(targets.numel(), 1))
 
 
 class ChunkedCrossEntropy(torch.autograd.Function):
-    """Summed NLL of x @ weight.T against targets (every row scored: Llama.loss drops the -100 rows first),
-    `chunk` rows at a time. The gradient is taken in the same pass: for each chunk, d loss / d logits =
+    """Summed NLL of x @ weight.T against targets, each row weighted by mask (None: all 1; Llama.loss either drops
+    the -100 rows first or weights them 0), `chunk` rows at a time. The gradient is taken in the same pass: for each chunk, d loss / d logits =
     softmax - onehot, which is pushed straight into d x and d weight and then dropped. Backward only scales
     those by the incoming gradient, so nothing is recomputed and no chunk's logits outlive it."""
 
     @staticmethod
-    def forward(ctx, x, weight, targets, chunk, needs_grad):
+    def forward(ctx, x, weight, targets, chunk, needs_grad, mask=None):
         total = torch.zeros((), dtype=torch.float32, device=x.device)
         grad_x = torch.empty_like(x) if needs_grad else None
         grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=x.device) if needs_grad else None
         for i in range(0, targets.numel(), chunk):
             xi, ti = x[i:i + chunk], targets[i:i + chunk]
             logp = F.log_softmax(F.linear(xi, weight).float(), dim=-1)  # (rows, V), fp32 for the softmax
-            ti = ti[:, None]
-            total += logp.gather(1, ti)[:, 0].sum().neg()
+            ti, mi = ti[:, None], None if mask is None else mask[i:i + chunk, None]
+            total += (logp.gather(1, ti) if mi is None else logp.gather(1, ti) * mi)[:, 0].sum().neg()
             if needs_grad:
                 g = logp.exp_()  # softmax, in the same buffer
                 g.scatter_add_(1, ti, torch.full_like(ti, -1, dtype=g.dtype))  # minus the one-hot target
+                if mi is not None:
+                    g.mul_(mi)
                 grad_x[i:i + chunk] = g.to(weight.dtype) @ weight  # (rows, C)
                 grad_w += (g.t() @ xi.to(g.dtype)).float()  # (V, C)
         ctx.save_for_backward(grad_x, grad_w)
@@ -407,4 +426,4 @@ class ChunkedCrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_total):
         grad_x, grad_w = ctx.saved_tensors
-        return grad_x * grad_total.to(grad_x.dtype), (grad_w * grad_total).to(ctx.weight_dtype), None, None, None
+        return grad_x * grad_total.to(grad_x.dtype), (grad_w * grad_total).to(ctx.weight_dtype), None, None, None, None
