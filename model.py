@@ -138,65 +138,27 @@ class Attention(nn.Module):
         k = self.k_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
         v = self.v_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        past = 0
-        if kv_cache is not None:
-            past = kv_cache.length
-            k, v = kv_cache.update(self.layer_idx, k, v)  # (B, Hkv, past + T, D)
-        S = k.shape[2]
-        scale = None  # SDPA's default 1 / sqrt(D)
-        if self.log_scale_len:
-            scale = math.log(S) / math.log(self.log_scale_len) / math.sqrt(self.head_dim)
-        gqa = self.n_kv_head != self.n_head
-        if past > 0 and T > 1 and self.sliding_window is None and not torch.is_grad_enabled():
-            y = cached_prefill_attention(q, k, v, past, scale)
-        else:
-            mask, is_causal = None, past == 0 and T > 1
-            if (past > 0 and T > 1) or (self.sliding_window is not None and S > self.sliding_window):
-                # queries sit at the end of the keys: query t sees keys 0 .. past + t (and, with a
-                # sliding window, only the last `sliding_window` of them)
-                q_idx = torch.arange(past, past + T, device=x.device)[:, None]
-                k_idx = torch.arange(S, device=x.device)[None, :]
-                mask = k_idx <= q_idx
-                if self.sliding_window is not None:
-                    mask &= k_idx > q_idx - self.sliding_window
-                is_causal = False
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, scale=scale,
-                                               enable_gqa=gqa)  # (B, H, T, D)
+        y = self.attend(q, k, v) if kv_cache is None else kv_cache.attend(self, q, k, v)  # (B, H, T, D)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim))
 
+    def scale(self, S):
+        """Softmax scale for S keys: SDPA's default 1 / sqrt(D) (None), or CLEX's log scaling."""
+        return math.log(S) / math.log(self.log_scale_len) / math.sqrt(self.head_dim) if self.log_scale_len else None
 
-def _attention_lse(q, k, v, is_causal, scale):
-    """(output, logsumexp of the scores) of unmasked or causal attention with equal heads: the fused
-    kernels compute the log-sum-exp anyway (their backward needs it); SDPA just does not return it."""
-    if q.device.type == "cpu":
-        return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, is_causal, scale=scale)
-    if q.dtype in (torch.float16, torch.bfloat16):
-        out = torch.ops.aten._scaled_dot_product_flash_attention(q, k, v, 0.0, is_causal, scale=scale)
-    else:  # the memory-efficient kernel pads its log-sum-exp to a multiple of 32 queries
-        out = torch.ops.aten._scaled_dot_product_efficient_attention(q, k, v, None, True, 0.0, is_causal, scale=scale)
-    return out[0], out[1][..., : q.shape[2]]
-
-
-def cached_prefill_attention(q, k, v, past, scale=None):
-    """Attention of T > 1 new queries (B, H, T, D) over `past` cached keys plus their own, (B, Hkv, past + T, D),
-    without a mask. Query t sees all `past` cached keys and new keys 0..t: split there, each half runs a fast
-    kernel (no mask, and square causal), and the halves merge exactly by their log-sum-exps (as FlashAttention
-    merges its blocks):  y = (e^a1 y1 + e^a2 y2) / (e^a1 + e^a2).  An explicit [T, past + T] mask instead
-    costs up to 2.5-2.9x a fresh causal prefill of the whole prompt on a CPU at 8k-32k tokens when little is
-    cached (results/bench/bench_prefill.json)."""
-    B, H, T, D = q.shape
-    Hkv = k.shape[1]
-    G = H // Hkv  # query heads per key/value head (GQA): query head h reads key/value head h // G
-    # the cached half is unmasked, so a group's query heads can share one key/value head as extra query rows
-    y1, a1 = _attention_lse(q.reshape(B, Hkv, G * T, D), k[:, :, :past], v[:, :, :past], False, scale)
-    y1, a1 = y1.reshape(B, H, T, D), a1.reshape(B, H, T)
-    k2, v2 = k[:, :, past:], v[:, :, past:]
-    if G > 1:
-        k2, v2 = k2.repeat_interleave(G, dim=1), v2.repeat_interleave(G, dim=1)
-    y2, a2 = _attention_lse(q, k2, v2, True, scale)
-    a = torch.logaddexp(a1, a2)
-    w1, w2 = torch.exp(a1 - a).unsqueeze(-1), torch.exp(a2 - a).unsqueeze(-1)
-    return (w1 * y1.float() + w2 * y2.float()).to(q.dtype)
+    def attend(self, q, k, v, past=0):
+        """SDPA of queries q (B, H, T, D) that are the last T of the S = past + T keys k, v (B, Hkv, S, D)."""
+        T, S = q.shape[2], k.shape[2]
+        mask, is_causal = None, past == 0 and T > 1
+        if (past > 0 and T > 1) or (self.sliding_window is not None and S > self.sliding_window):
+            # query t sees keys 0 .. past + t (and, with a sliding window, only the last `sliding_window` of them)
+            q_idx = torch.arange(past, past + T, device=q.device)[:, None]
+            k_idx = torch.arange(S, device=q.device)[None, :]
+            mask = k_idx <= q_idx
+            if self.sliding_window is not None:
+                mask &= k_idx > q_idx - self.sliding_window
+            is_causal = False
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, scale=self.scale(S),
+                                              enable_gqa=self.n_kv_head != self.n_head)  # (B, H, T, D)
 
 
 class MLP(nn.Module):
@@ -244,6 +206,15 @@ class KVCache:
         if layer_idx == self.last_layer:
             self.length = end
         return self.k[layer_idx][:, :, :end], self.v[layer_idx][:, :, :end]
+
+    def attend(self, attn, q, k, v):
+        """Layer attn's new keys/values into the cache, then its queries over all keys so far."""
+        past = self.length
+        k, v = self.update(attn.layer_idx, k, v)  # (B, Hkv, past + T, D)
+        return self.attention(attn, q, k, v, past)
+
+    def attention(self, attn, q, k, v, past):
+        return attn.attend(q, k, v, past)
 
 
 class CLEX(nn.Module):

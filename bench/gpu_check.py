@@ -314,7 +314,7 @@ def part_exactness(res, deadline):
 
 def kv_check(model, ids, pos, KVCache):
     """Logits of the last `decode`+1 positions: full forward vs a fresh prefill of half the prompt, a prefill of the
-    rest but `decode` tokens after the cached half (model.cached_prefill_attention), then one token at a time."""
+    rest but `decode` tokens after the cached half (inference.cached_prefill_attention on a CPU), then one token at a time."""
     T, n = ids.shape[1], S["decode"]
     full = model(ids, pos)[0, T - n - 1:]
     p = next(model.parameters())
