@@ -48,10 +48,13 @@ class PrefixCache(KVCache):
     """model.KVCache whose prefill after cached tokens merges two unmasked kernels (cached_prefill_attention) on a
     CPU, the one device it is tested on."""
 
-    def attention(self, attn, q, k, v, past):
-        if past > 0 and q.shape[2] > 1 and attn.sliding_window is None and q.device.type == "cpu" and not torch.is_grad_enabled():
-            return cached_prefill_attention(q, k, v, past, attn.scale(k.shape[2]))
-        return attn.attend(q, k, v, past)
+    def attend(self, attn, q, k, v):
+        past = self.length
+        if not (past > 0 and q.shape[2] > 1 and attn.sliding_window is None and q.device.type == "cpu"
+                and not torch.is_grad_enabled()):
+            return super().attend(attn, q, k, v)
+        k, v = self.update(attn.layer_idx, k, v)  # (B, Hkv, past + T, D)
+        return cached_prefill_attention(q, k, v, past, attn.scale(k.shape[2]))
 
 
 def compile_decoding(model, backend="inductor"):
@@ -59,8 +62,9 @@ def compile_decoding(model, backend="inductor"):
     and each step through the cache (KVCache.attend) eager between the compiled pieces, since its Python ints (cache
     length, layer) would recompile every block at every step. Set here, not in model.py: the decorator imports
     torch._dynamo (~4 s of every process's start)."""
-    if not getattr(KVCache.attend, "_torchdynamo_disable", False):
-        KVCache.attend = torch.compiler.disable(KVCache.attend)
+    for cls in (KVCache, PrefixCache):
+        if not getattr(cls.__dict__["attend"], "_torchdynamo_disable", False):
+            cls.attend = torch.compiler.disable(cls.__dict__["attend"])
     return compile_blocks(model, dynamic=True, backend=backend)
 
 

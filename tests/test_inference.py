@@ -15,7 +15,8 @@ def test_compiled_decoding_compiles_once_for_every_length(monkeypatch):
     eager at dynamo's recompile limit (10 layers, more than the limit of 8: one graph per layer would hit it)."""
     import torch._dynamo
     from torch._dynamo.utils import counters
-    monkeypatch.setattr(KVCache, "attend", KVCache.attend)  # compile_blocks wraps it: put back afterwards
+    for cls in (KVCache, PrefixCache):  # compile_decoding wraps their cache step: put back afterwards
+        monkeypatch.setattr(cls, "attend", cls.__dict__["attend"])
     torch._dynamo.reset()
     counters.clear()
     torch.manual_seed(0)
