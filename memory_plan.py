@@ -12,17 +12,21 @@ Per device, in GB of 2^30 bytes:
   activations  what autograd keeps for backward: with AC each block's input plus one block's insides
                (recomputed in backward, one block at a time), without AC every block's insides; plus one
                chunk of fp32 logits in the loss
+  loss_grad    the chunked loss's gradients, held from its forward to backward: fp32 [V, C] (2 GB for a
+               128k vocabulary at C = 4096) and [tokens, C] in the activations' dtype
+  workspace    WORKSPACE_GB kept free: the CUDA context, cuBLAS / NCCL workspaces, allocator fragmentation
 ddp replicates all of it; zero1 divides the optimizer state by the ranks; fsdp divides weights, grads and
-optimizer state. Rough by design (a block is taken as n_params / layers, embeddings included): it tells
-which sharding fits, not the last GB; tests/test_train.py checks it against saved tensors and a byte count.
+optimizer state. Rough by design (a block is taken as n_params / layers, embeddings included): it tells which
+sharding fits, not the last GB (hence the margins); tests/test_train.py checks it against tensors and bytes.
 """
 
 GB = 1024**3
-HEADROOM = 0.9  # a plan fits when it needs at most 90% of the device: the rest for the CUDA context, fragmentation
+HEADROOM = 0.9  # a plan fits when it needs at most 90% of the device, workspace included
+WORKSPACE_GB = 2.0
 
 
 def memory_plan(config, n_params, shard, world_size, micro_batch, seq_len, ac, act_bytes):
-    """{"weights", "grads", "optimizer", "activations"}: GB per device of a run sharded by `shard` over
+    """{"weights", "grads", "optimizer", "activations", "loss_grad", "workspace"}: GB per device of a run sharded by `shard` over
     `world_size` ranks, `micro_batch` sequences of `seq_len` tokens per forward. act_bytes: 2 under bf16/fp16
     autocast (which then keeps 16-bit weight copies), 4 in fp32. config: anything with hidden_size,
     intermediate_size, num_hidden_layers and vocab_size (a LlamaConfig)."""
@@ -34,7 +38,9 @@ def memory_plan(config, n_params, shard, world_size, micro_batch, seq_len, ac, a
     per_block = tokens * a * (10 * C + 4 * I)  # saved by one block, ~10 C + 4 I values per token (SDPA: no T x T)
     acts = (L * tokens * C * a + per_block) if ac else L * per_block
     acts += 3 * 4 * 1024 * config.vocab_size  # one chunk of fp32 logits in the loss
-    parts = dict(weights=weights, grads=4 * P / g, optimizer=8 * P / o, activations=acts)
+    loss_grad = 4 * config.vocab_size * C + tokens * C * a
+    parts = dict(weights=weights, grads=4 * P / g, optimizer=8 * P / o, activations=acts, loss_grad=loss_grad,
+                 workspace=WORKSPACE_GB * GB)
     return {k: v / GB for k, v in parts.items()}
 
 
