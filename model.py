@@ -127,17 +127,24 @@ class Attention(nn.Module):
 
     def attend(self, q, k, v, past=0):
         """SDPA of queries q (B, H, T, D) that are the last T of the S = past + T keys k, v (B, Hkv, S, D)."""
-        T, S = q.shape[2], k.shape[2]
-        mask, is_causal = None, past == 0 and T > 1
-        if (past > 0 and T > 1) or (self.sliding_window is not None and S > self.sliding_window):
-            # query t sees keys 0 .. past + t (and, with a sliding window, only the last `sliding_window` of them)
-            q_idx = torch.arange(past, past + T, device=q.device)[:, None]
-            k_idx = torch.arange(S, device=q.device)[None, :]
-            mask = k_idx <= q_idx
-            if self.sliding_window is not None:
-                mask &= k_idx > q_idx - self.sliding_window
-            is_causal = False
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, scale=self.scale(S),
+        T, S, W = q.shape[2], k.shape[2], self.sliding_window
+        if W is not None and S > W:  # Mistral beyond its window: W queries at a time, each block over < 2 W keys, so
+            # memory stays O(T W) instead of a [T, S] mask (which on CUDA also rules out the flash kernel)
+            return torch.cat([self.attend_keys(q[:, :, i:i + W], k, v, past + i, max(0, past + i - W + 1), S)
+                              for i in range(0, T, W)], dim=2)
+        if past > 0 and T > 1:  # query t sees keys 0 .. past + t
+            return self.attend_keys(q, k, v, past, 0, S)
+        return F.scaled_dot_product_attention(q, k, v, is_causal=past == 0 and T > 1, scale=self.scale(S),
+                                              enable_gqa=self.n_kv_head != self.n_head)  # (B, H, T, D)
+
+    def attend_keys(self, q, k, v, first, lo, S):
+        """SDPA of queries at positions first.. over keys lo.. (of S in all), masked: causal, and a sliding window."""
+        T, W = q.shape[2], self.sliding_window
+        hi = min(first + T, S)
+        q_idx = torch.arange(first, first + T, device=q.device)[:, None]
+        k_idx = torch.arange(lo, hi, device=q.device)[None, :]
+        mask = (k_idx <= q_idx) & (k_idx > q_idx - W) if W is not None else k_idx <= q_idx
+        return F.scaled_dot_product_attention(q, k[:, :, lo:hi], v[:, :, lo:hi], attn_mask=mask, scale=self.scale(S),
                                               enable_gqa=self.n_kv_head != self.n_head)  # (B, H, T, D)
 
 
