@@ -44,10 +44,10 @@ def pick_compile(flag, device):
     return on
 
 
-def compile_blocks(model):
+def compile_blocks(model, dynamic=None, backend="inductor"):
     """Compile each transformer block in place (as torchtitan does): the blocks are where the time goes, one
     graph serves every block of the same shape, and the embedding / loss stay eager (the chunked loss is a
     custom autograd Function). Activation checkpointing (model.forward) then recomputes the compiled block."""
     for block in model.layers:
-        block.compile()
+        block.compile(dynamic=dynamic, backend=backend)
     return model

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import torch
 
-from device import DTYPES, compile_blocks, pick_compile, pick_device, pick_dtype
+from device import DTYPES, pick_compile, pick_device, pick_dtype
+from inference import compile_decoding
 from load_hf_weights import load_model
 from tokenizer import load_tokenizer
 
@@ -42,8 +43,7 @@ def load(parser, args):
         tok = load_tokenizer(path)
     except (OSError, ValueError) as e:
         parser.error(f"--model {path}: {e}")
-    if args.compile:
-        compile_blocks(model)
+    model = compile_decoding(model) if args.compile else model  # once for every prompt length (inference.py)
     return model, tok
 
 

@@ -14,7 +14,7 @@ Prompt length: the most whole filler repeats that fit, so L - (tokens of one fil
 Trials run deepest key first: consecutive prompts then share the intro and the filler before the
 key, and only the rest is prefilled (the cache keeps the shared keys/values). That is exact (causal
 attention) and saves the shared prefix's share of the compute: the new tokens attend to the cached
-ones without a mask (model.cached_prefill_attention), never slower than a fresh prefill
+ones without a mask (inference.py), never slower than a fresh prefill
 (bench/bench_eval.py). Dynamic NTK, whose RoPE depends on the input length, shares only between
 prompts of equal length. Long prompts are prefilled in 4k pieces with a progress line.
 Repeatable: trials at L draw from seed (--seed, L).
@@ -30,7 +30,7 @@ import torch
 
 from eval_common import (Progress, add_common_args, load, parse_lengths, pyplot, resolve_device_args, reused_runs,
                          save_png, write_json)
-from model import KVCache
+from inference import PrefixCache, greedy, shared_prefix
 
 INTRO = ("There is an important info hidden inside a lot of irrelevant text. Find it and memorize them. "
          "I will quiz you about the important information there.")
@@ -71,31 +71,6 @@ def answer_complete(text):
     return re.search(r"\d\D", text) is not None
 
 
-@torch.no_grad()
-def greedy(model, ids, cache, start, max_new_tokens, eos_id, piece=None, progress=None, stop=None):
-    """Greedy continuation of `ids`, whose first `start` tokens are already in `cache`. piece: prefill in pieces
-    of that many tokens, calling progress(tokens done, tokens to do) after each (a 32k prefill on a CPU takes
-    minutes; a piece after cached tokens costs what it would inside one pass: model.cached_prefill_attention).
-    stop(tokens so far) -> True ends decoding early (passkey: once the answer's first integer is complete)."""
-    cache.length = start  # the cache's keys/values after the shared prefix get overwritten
-    device = cache.k[0].device
-    if piece:
-        for begin in range(start, len(ids) - piece, piece):  # the last piece (> 0 tokens) is the first step below
-            model(torch.tensor([ids[begin:begin + piece]], device=device), kv_cache=cache, logits_to_keep=1)
-            if progress:
-                progress(begin + piece - start, len(ids) - start)
-    out, x = [], torch.tensor([ids[cache.length:]], device=device)
-    for _ in range(max_new_tokens):
-        nxt = model(x, kv_cache=cache, logits_to_keep=1)[0, -1].argmax()
-        if nxt.item() == eos_id:
-            break
-        out.append(nxt.item())
-        if stop and stop(out):
-            break
-        x = nxt.view(1, 1)
-    return out
-
-
 def run_length(model, tok, length, depths, keys, max_new_tokens=10, share=True, log=None, known=None, piece=4096):
     """One trial per (depth, key) at `length` tokens; returns a record per trial. known: {(depth, key): record}
     of trials already run with the same settings (--reuse), taken as they are. Prompts of over 2 pieces are
@@ -104,19 +79,14 @@ def run_length(model, tok, length, depths, keys, max_new_tokens=10, share=True, 
     trials = sorted(({"depth": d, "key": k, "ids": build_prompt(tok, length, d, k)} for d, k in pairs if (d, k) not in known),
                     key=lambda t: -t["depth"])  # deepest key first: the next prompt shares the longest prefix
     p = next(model.parameters())
-    cache = KVCache(model.config, 1, max(len(t["ids"]) for t in trials) + max_new_tokens, p.device, p.dtype) if trials else None
-    length_dependent = (model.config.rope_scaling or {}).get("rope_type") in ("dynamic", "longrope")
+    cache = PrefixCache(model.config, 1, max(len(t["ids"]) for t in trials) + max_new_tokens, p.device, p.dtype) if trials else None
     prev = []
     for i, t in enumerate(trials):
         ids, t0 = t.pop("ids"), time.perf_counter()
-        shared = 0
-        if share and not (length_dependent and len(ids) != len(prev)):
-            while shared < min(len(ids) - 1, len(prev)) and ids[shared] == prev[shared]:
-                shared += 1
-        long = piece and not length_dependent and len(ids) - shared > 2 * piece
+        shared = shared_prefix(model, ids, prev if share else [])
         meter = Progress(len(ids), shared)
         progress = lambda done, todo: print(f"  prefill {meter.line(shared + done)}", flush=True)
-        text = tok.decode(greedy(model, ids, cache, shared, max_new_tokens, tok.eos_id, piece if long else None, progress,
+        text = tok.decode(greedy(model, ids, cache, shared, max_new_tokens, tok.eos_id, piece, progress,
                                  stop=lambda out: answer_complete(tok.decode(out))))
         t.update(output=text, correct=first_int(text) == t["key"], prompt_tokens=len(ids), prefilled=len(ids) - shared,
                  seconds=round(time.perf_counter() - t0, 2))

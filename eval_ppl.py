@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from eval_common import add_common_args, load, parse_lengths, Progress, pyplot, resolve_device_args, save_png, write_json
-from model import KVCache
+from inference import PrefixCache, length_dependent
 
 
 def read_documents(paths):
@@ -55,7 +55,7 @@ def truncate_nll(model, ids, lengths, piece=2048, progress=None):
     (overwriting its cache entry) so that the prediction of the piece's first new token is scored too.
     progress(tokens done, tokens in all) after each piece."""
     p, out, nll, done = next(model.parameters()), {}, 0.0, 0
-    cache = KVCache(model.config, 1, max(lengths), p.device, p.dtype)
+    cache = PrefixCache(model.config, 1, max(lengths), p.device, p.dtype)
     for end in sorted(set(lengths) | set(range(piece, max(lengths), piece))):
         cache.length = start = max(done - 1, 0)
         nll, done = nll + model(ids[:, start:end], labels=ids[:, start:end], kv_cache=cache, reduction="sum").item(), end
@@ -101,12 +101,11 @@ def segment_ppl(results):
 def evaluate(model, docs, lengths, mode="truncate", stride=None, log=lambda s: print(s, flush=True)):
     """docs: [1, n] id tensors (BOS first). One result dict per length."""
     windows = {L: [] for L in lengths}  # (NLL, scored) per window
-    one_pass = (model.config.rope_scaling or {}).get("rope_type") not in ("dynamic", "longrope")
     for i, ids in enumerate(docs):
         t0, fits = time.perf_counter(), [L for L in lengths if L <= ids.shape[1]]
         if mode == "sliding":
             new = {L: sliding_nll(model, ids, L, stride or L // 2) for L in fits}
-        elif one_pass and fits:
+        elif not length_dependent(model) and fits:
             # a 32k pass takes minutes on a CPU: a line per piece (tokens, tokens/s, time left) once it is long
             meter = Progress(max(fits))
             progress = (lambda done, todo: log(f"  {meter.line(done)}")) if max(fits) > 8192 else None

@@ -23,7 +23,7 @@ PATH), one line (lines). Needles go in distinct places between the filler units 
 trial's depths say, for each needle that holds an answer, the share of those pieces before it (lines: of the
 other lines).
 Trial i of a task at length L is drawn from (--seed, task, L, i): the same prompt in every run. Greedy
-decoding through the KV cache is eval_passkey.greedy (prompts of a length share their common prefix).
+decoding through the KV cache is inference.greedy (prompts of a length share their common prefix).
 
 Differences from RULER (and LongChat):
 - haystack: a public-domain book (default data/train/alice29.txt) for the niah tasks instead of Paul Graham's
@@ -54,8 +54,8 @@ from pathlib import Path
 import numpy as np
 
 from eval_common import add_common_args, load, parse_lengths, pyplot, resolve_device_args, reused_runs, save_png, write_json
-from eval_passkey import FILLER, greedy
-from model import KVCache
+from eval_passkey import FILLER
+from inference import PrefixCache, greedy, shared_prefix
 
 # RULER's tokens_to_generate (lines: LongChat's max_new_tokens)
 MAX_NEW = {"niah_multikey": 128, "niah_multivalue": 128, "niah_multiquery": 128, "vt": 30, "lines": 100}
@@ -255,18 +255,12 @@ def run_trials(model, tok, trials, max_new, cache, prev, log=None, piece=4096):
     """Greedy answers for trial dicts (with "ids"), in place. Prompts sharing a prefix with the one before
     prefill only the rest (exact: causal attention); sorted so that neighbours share the most. prev: the ids
     whose keys/values are in cache. Returns the ids last prefilled."""
-    length_dependent = (model.config.rope_scaling or {}).get("rope_type") in ("dynamic", "longrope")
     for i, t in enumerate(sorted(trials, key=lambda t: t["ids"])):
         ids, t0 = t.pop("ids"), time.perf_counter()
-        shared = 0
-        if not (length_dependent and len(ids) != len(prev)):  # dynamic NTK: RoPE depends on the length
-            while shared < min(len(ids) - 1, len(prev)) and ids[shared] == prev[shared]:
-                shared += 1
-        long = not length_dependent and len(ids) - shared > 2 * piece
+        shared = shared_prefix(model, ids, prev)
         progress = lambda done, todo: print(f"  prefill {done}/{todo} tokens, {done / (time.perf_counter() - t0):.0f} "
                                             f"tok/s", flush=True)
-        text = tok.decode(greedy(model, ids, cache, shared, max_new, tok.eos_id, piece if long else None,
-                                 progress))
+        text = tok.decode(greedy(model, ids, cache, shared, max_new, tok.eos_id, piece, progress))
         t.update(output=text, score=string_match_all(text, t["expected"]), prompt_tokens=len(ids),
                  prefilled=len(ids) - shared, seconds=round(time.perf_counter() - t0, 2))
         prev = ids
@@ -348,7 +342,7 @@ def main(argv=None):
                 if args.out:  # after every trial (a 16k prompt takes minutes on a CPU): --reuse picks a stopped run up
                     save(False, records + finished)
             if todo:
-                cache = cache or KVCache(model.config, 1, L, p.device, p.dtype)  # prompt + answer <= L tokens
+                cache = cache or PrefixCache(model.config, 1, L, p.device, p.dtype)  # prompt + answer <= L tokens
                 prev = run_trials(model, tok, todo, max_new[task], cache, prev, log)
             trials = sorted(finished, key=lambda t: t["trial"])
             records += trials

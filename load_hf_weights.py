@@ -17,8 +17,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from model import CLEX, Llama, LlamaConfig
-from rope import ROPE_TYPES, check_clex, yarn_mscale, yarn_scale_per_dim
+from model import CLEX, Llama, LlamaConfig, check_clex
+from rope import ROPE_TYPES, yarn_mscale, yarn_scale_per_dim
 
 TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                    "generation_config.json")

@@ -1,28 +1,27 @@
 """
-The memory plan train.py prints before it allocates anything: GB per device for a run, from the config's
-numbers alone (no model built, no GPU needed, so `--dry-run` can plan 8 cards of 48 GB on a laptop), and the
-rule by which `--shard auto` picks the sharding: the first of ddp, zero1, fsdp whose plan fits.
+The memory plan train.py prints before it allocates anything: GB per device, from the config's numbers alone (no
+model, no GPU: `--dry-run` plans 8 cards of 48 GB on a laptop); `--shard auto` takes the first of ddp, zero1, fsdp that fits.
 
 Per device, in GB of 2^30 bytes:
-  weights      fp32 master weights, 4 B a parameter, plus the 16-bit copies autocast makes (2 B a parameter;
-               FSDP instead gathers two blocks at a time in the compute dtype: the one computing and the one
-               prefetched)
+  weights      fp32 master weights, 4 B a parameter, plus the 16-bit copies autocast makes (2 B a parameter; FSDP
+               instead gathers two blocks at a time in the compute dtype: the one computing, the one prefetched)
   grads        fp32, 4 B a parameter
   optimizer    AdamW's two fp32 moments, 8 B a parameter
-  activations  what autograd keeps for backward: with AC each block's input plus one block's insides
-               (recomputed in backward, one block at a time), without AC every block's insides; plus one
-               chunk of fp32 logits in the loss
+  activations  what autograd keeps for backward: with AC each block's input plus one block's insides (recomputed
+               in backward, one at a time), without AC every block's insides; plus one chunk of fp32 logits in the loss
+  loss_grad    the chunked loss's gradients, held until backward: fp32 [V, C] (2 GB: V = 128k, C = 4096), [tokens, C]
+  workspace    WORKSPACE_GB kept free: the CUDA context, cuBLAS / NCCL workspaces, allocator fragmentation
 ddp replicates all of it; zero1 divides the optimizer state by the ranks; fsdp divides weights, grads and
-optimizer state. Rough by design (a block is taken as n_params / layers, embeddings included): it tells
-which sharding fits, not the last GB; tests/test_train.py checks it against saved tensors and a byte count.
+optimizer state. Rough by design (a block is taken as n_params / layers, embeddings included): it tells which
+sharding fits, not the last GB (hence the margins); tests/test_train.py checks it against tensors and bytes.
 """
 
 GB = 1024**3
-HEADROOM = 0.9  # a plan fits when it needs at most 90% of the device: the rest for the CUDA context, fragmentation
+HEADROOM, WORKSPACE_GB = 0.9, 2.0  # a plan fits when it needs at most 90% of the device, 2 GB of workspace included
 
 
 def memory_plan(config, n_params, shard, world_size, micro_batch, seq_len, ac, act_bytes):
-    """{"weights", "grads", "optimizer", "activations"}: GB per device of a run sharded by `shard` over
+    """{"weights", "grads", "optimizer", "activations", "loss_grad", "workspace"}: GB per device of a run sharded by `shard` over
     `world_size` ranks, `micro_batch` sequences of `seq_len` tokens per forward. act_bytes: 2 under bf16/fp16
     autocast (which then keeps 16-bit weight copies), 4 in fp32. config: anything with hidden_size,
     intermediate_size, num_hidden_layers and vocab_size (a LlamaConfig)."""
@@ -34,7 +33,8 @@ def memory_plan(config, n_params, shard, world_size, micro_batch, seq_len, ac, a
     per_block = tokens * a * (10 * C + 4 * I)  # saved by one block, ~10 C + 4 I values per token (SDPA: no T x T)
     acts = (L * tokens * C * a + per_block) if ac else L * per_block
     acts += 3 * 4 * 1024 * config.vocab_size  # one chunk of fp32 logits in the loss
-    parts = dict(weights=weights, grads=4 * P / g, optimizer=8 * P / o, activations=acts)
+    parts = dict(weights=weights, grads=4 * P / g, optimizer=8 * P / o, activations=acts,
+                 loss_grad=4 * config.vocab_size * C + tokens * C * a, workspace=WORKSPACE_GB * GB)
     return {k: v / GB for k, v in parts.items()}
 
 

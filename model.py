@@ -1,14 +1,14 @@
 """
-The LLaMA decoder (LLaMA-1/2/3, Mistral, SmolLM, ...) in one file, with Hugging Face module names
-so that loading a checkpoint is a rename (see load_hf_weights.py).
+The LLaMA decoder (LLaMA-1/2/3, Mistral, SmolLM, ...) with Hugging Face module names, so that loading a
+checkpoint is a rename (load_hf_weights.py). RoPE tables come from rope.py (CLEX's from clex.py), the loss
+from chunked_loss.py, cached prefill and greedy decoding from inference.py.
 
     x = embed(input_ids)
     for each block:  x = x + Attention(RMSNorm(x)),  x = x + SwiGLU(RMSNorm(x))
     logits = lm_head(RMSNorm(x))
 
-Shapes: B batch, T tokens, H query heads, Hkv key/value heads, D head_dim, C hidden size.
-Positions enter only through RoPE on q and k, so `position_ids` may skip (PoSE) while the
-attention mask stays plain causal: token order is what makes attention causal.
+Shapes: B batch, T tokens, H query heads, Hkv key/value heads, D head_dim, C hidden size. Positions enter only
+through RoPE on q and k, so `position_ids` may skip (PoSE) while attention stays plain causal.
 """
 import math
 from dataclasses import dataclass, field, fields
@@ -18,7 +18,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from rope import ROPE_TYPES, apply_rope, check_clex, clex_factor, clex_inv_freq, cos_sin, rope_from_config
+from chunked_loss import ChunkedCrossEntropy
+from clex import CLEX, check_clex
+from rope import ROPE_TYPES, apply_rope, cos_sin, rope_from_config, rope_from_hf
 
 IGNORE_INDEX = -100  # label value that is not scored (transformers' convention)
 
@@ -60,46 +62,26 @@ class LlamaConfig:
 
     @property
     def original_len(self):
-        """L0, the window the model was pretrained with: rope_scaling's original_max_position_embeddings
-        (a scaled checkpoint's max_position_embeddings is already the extended window), else max_position_embeddings."""
+        """L0, the pretraining window: original_max_position_embeddings of a scaled checkpoint, else max_position_embeddings."""
         return (self.rope_scaling or {}).get("original_max_position_embeddings", self.max_position_embeddings)
 
     @classmethod
     def from_hf(cls, hf: dict, source="config.json"):
-        """Build from a Hugging Face config.json dict. transformers names RoPE scaling
-        `rope_scaling` (<= 4.x, rope_theta beside it) or `rope_parameters` (5.x, rope_theta inside);
-        its "yarn" is the original YaRN formula, which this project calls "yarn_original"."""
+        """Build from a Hugging Face config.json dict (its RoPE keys: rope.rope_from_hf)."""
         if hf.get("model_type") not in ("llama", "mistral"):
             raise ValueError(f"{source}: model_type {hf.get('model_type')!r} is not supported; expected 'llama' or 'mistral'")
         if hf.get("hidden_act", "silu") != "silu":
             raise ValueError(f"{source}: hidden_act {hf['hidden_act']!r} is not supported; expected 'silu'")
         hf = dict(hf)
-        rope = dict(hf.pop("rope_parameters", None) or hf.pop("rope_scaling", None) or {})
-        hf.pop("rope_scaling", None)
-        theta = rope.pop("rope_theta", None) or hf.pop("rope_theta", 10000.0)
-        hf.pop("rope_theta", None)
-        kind = rope.pop("type", None) or rope.get("rope_type") or "default"
-        rope["rope_type"] = {"yarn": "yarn_original", "su": "longrope"}.get(kind, kind)
-        if rope["rope_type"] == "clex" and "log_scale" in hf:  # the CLEX code keeps it beside rope_scaling
-            rope.setdefault("log_scale", hf.pop("log_scale"))
-        # ours: this project's own scheme, saved beside the transformers-readable one (see save_model)
-        ours = hf.pop("pose_nano_rope_scaling", None)
-        if ours is not None:
-            rope, theta = dict(ours), ours.get("rope_theta", theta)
-            rope.pop("rope_theta", None)
-        if rope["rope_type"] not in ROPE_TYPES:
-            raise ValueError(f"{source}: unknown rope_type {rope['rope_type']!r}; known: {', '.join(ROPE_TYPES)}")
-        if rope["rope_type"] == "default":
-            rope = None
-        else:
-            # transformers' fallbacks: dynamic measures from max_position_embeddings, others from the original length
-            rope.setdefault("original_max_position_embeddings", hf.get("original_max_position_embeddings", hf.get("max_position_embeddings", 2048)))
+        rope, theta = rope_from_hf(hf, source)  # pops the RoPE keys
         names = {f.name for f in fields(cls)} - {"extra", "rope_scaling", "rope_theta"}
         known = {k: v for k, v in hf.items() if k in names and v is not None}
+        if "torch_dtype" not in known and isinstance(hf.get("dtype"), str):  # transformers >= 4.56 writes "dtype"
+            known["torch_dtype"] = hf["dtype"]
         if isinstance(known.get("eos_token_id"), list):  # Llama-3 lists several stop tokens
             known["eos_token_id"] = known["eos_token_id"][0]
         extra = {k: v for k, v in hf.items() if k not in names}
-        return cls(**known, rope_theta=float(theta), rope_scaling=rope, extra=extra)
+        return cls(**known, rope_theta=theta, rope_scaling=rope, extra=extra)
 
 
 class RMSNorm(nn.Module):
@@ -136,65 +118,34 @@ class Attention(nn.Module):
         k = self.k_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
         v = self.v_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        past = 0
-        if kv_cache is not None:
-            past = kv_cache.length
-            k, v = kv_cache.update(self.layer_idx, k, v)  # (B, Hkv, past + T, D)
-        S = k.shape[2]
-        scale = None  # SDPA's default 1 / sqrt(D)
-        if self.log_scale_len:
-            scale = math.log(S) / math.log(self.log_scale_len) / math.sqrt(self.head_dim)
-        gqa = self.n_kv_head != self.n_head
-        if past > 0 and T > 1 and self.sliding_window is None and not torch.is_grad_enabled():
-            y = cached_prefill_attention(q, k, v, past, scale)
-        else:
-            mask, is_causal = None, past == 0 and T > 1
-            if (past > 0 and T > 1) or (self.sliding_window is not None and S > self.sliding_window):
-                # queries sit at the end of the keys: query t sees keys 0 .. past + t (and, with a
-                # sliding window, only the last `sliding_window` of them)
-                q_idx = torch.arange(past, past + T, device=x.device)[:, None]
-                k_idx = torch.arange(S, device=x.device)[None, :]
-                mask = k_idx <= q_idx
-                if self.sliding_window is not None:
-                    mask &= k_idx > q_idx - self.sliding_window
-                is_causal = False
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, scale=scale,
-                                               enable_gqa=gqa)  # (B, H, T, D)
+        y = self.attend(q, k, v) if kv_cache is None else kv_cache.attend(self, q, k, v)  # (B, H, T, D)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim))
 
+    def scale(self, S):
+        """Softmax scale for S keys: SDPA's default 1 / sqrt(D) (None), or CLEX's log scaling."""
+        return math.log(S) / math.log(self.log_scale_len) / math.sqrt(self.head_dim) if self.log_scale_len else None
 
-def _attention_lse(q, k, v, is_causal, scale):
-    """(output, logsumexp of the scores) of unmasked or causal attention with equal heads: the fused
-    kernels compute the log-sum-exp anyway (their backward needs it); SDPA just does not return it."""
-    if q.device.type == "cpu":
-        return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, is_causal, scale=scale)
-    if q.dtype in (torch.float16, torch.bfloat16):
-        out = torch.ops.aten._scaled_dot_product_flash_attention(q, k, v, 0.0, is_causal, scale=scale)
-    else:  # the memory-efficient kernel pads its log-sum-exp to a multiple of 32 queries
-        out = torch.ops.aten._scaled_dot_product_efficient_attention(q, k, v, None, True, 0.0, is_causal, scale=scale)
-    return out[0], out[1][..., : q.shape[2]]
+    def attend(self, q, k, v, past=0):
+        """SDPA of queries q (B, H, T, D) that are the last T of the S = past + T keys k, v (B, Hkv, S, D)."""
+        T, S, W = q.shape[2], k.shape[2], self.sliding_window
+        if W is not None and S > W:  # Mistral beyond its window: W queries at a time, each block over < 2 W keys, so
+            # memory stays O(T W) instead of a [T, S] mask (which on CUDA also rules out the flash kernel)
+            return torch.cat([self.attend_keys(q[:, :, i:i + W], k, v, past + i, max(0, past + i - W + 1), S)
+                              for i in range(0, T, W)], dim=2)
+        if past > 0 and T > 1:  # query t sees keys 0 .. past + t
+            return self.attend_keys(q, k, v, past, 0, S)
+        return F.scaled_dot_product_attention(q, k, v, is_causal=past == 0 and T > 1, scale=self.scale(S),
+                                              enable_gqa=self.n_kv_head != self.n_head)  # (B, H, T, D)
 
-
-def cached_prefill_attention(q, k, v, past, scale=None):
-    """Attention of T > 1 new queries (B, H, T, D) over `past` cached keys plus their own, (B, Hkv, past + T, D),
-    without a mask. Query t sees all `past` cached keys and new keys 0..t: split there, each half runs a fast
-    kernel (no mask, and square causal), and the halves merge exactly by their log-sum-exps (as FlashAttention
-    merges its blocks):  y = (e^a1 y1 + e^a2 y2) / (e^a1 + e^a2).  An explicit [T, past + T] mask instead
-    costs up to 2.5-2.9x a fresh causal prefill of the whole prompt on a CPU at 8k-32k tokens when little is
-    cached (results/bench/bench_prefill.json)."""
-    B, H, T, D = q.shape
-    Hkv = k.shape[1]
-    G = H // Hkv  # query heads per key/value head (GQA): query head h reads key/value head h // G
-    # the cached half is unmasked, so a group's query heads can share one key/value head as extra query rows
-    y1, a1 = _attention_lse(q.reshape(B, Hkv, G * T, D), k[:, :, :past], v[:, :, :past], False, scale)
-    y1, a1 = y1.reshape(B, H, T, D), a1.reshape(B, H, T)
-    k2, v2 = k[:, :, past:], v[:, :, past:]
-    if G > 1:
-        k2, v2 = k2.repeat_interleave(G, dim=1), v2.repeat_interleave(G, dim=1)
-    y2, a2 = _attention_lse(q, k2, v2, True, scale)
-    a = torch.logaddexp(a1, a2)
-    w1, w2 = torch.exp(a1 - a).unsqueeze(-1), torch.exp(a2 - a).unsqueeze(-1)
-    return (w1 * y1.float() + w2 * y2.float()).to(q.dtype)
+    def attend_keys(self, q, k, v, first, lo, S):
+        """SDPA of queries at positions first.. over keys lo.. (of S in all), masked: causal, and a sliding window."""
+        T, W = q.shape[2], self.sliding_window
+        hi = min(first + T, S)
+        q_idx = torch.arange(first, first + T, device=q.device)[:, None]
+        k_idx = torch.arange(lo, hi, device=q.device)[None, :]
+        mask = (k_idx <= q_idx) & (k_idx > q_idx - W) if W is not None else k_idx <= q_idx
+        return F.scaled_dot_product_attention(q, k[:, :, lo:hi], v[:, :, lo:hi], attn_mask=mask, scale=self.scale(S),
+                                              enable_gqa=self.n_kv_head != self.n_head)  # (B, H, T, D)
 
 
 class MLP(nn.Module):
@@ -243,60 +194,29 @@ class KVCache:
             self.length = end
         return self.k[layer_idx][:, :, :end], self.v[layer_idx][:, :, :end]
 
-
-class CLEX(nn.Module):
-    """CLEX's learned frequency ODE (rope.clex_inv_freq), one for all layers. Parameter names as in
-    the original CLEX checkpoints (model.clex_layer.proj_func.ode_up_proj / ode_down_proj)."""
-
-    def __init__(self, config):
-        super().__init__()
-        D, p = config.head_dim, config.rope_scaling.get("param_factor", 1)
-        self.proj_func = nn.ParameterDict({"ode_up_proj": nn.Parameter(torch.empty(D // 2, p * D)),
-                                           "ode_down_proj": nn.Parameter(torch.empty(p * D, D // 2))})
-        self.reset_parameters()
-        self.cache = None  # (key, inv_freq [max_factor, D/2]) for forwards without gradients
-
-    def reset_parameters(self):
-        """The paper's start: W_up Kaiming-uniform(a = sqrt 5), W_down = 0, i.e. NTK with alpha = 2t - 1."""
-        nn.init.kaiming_uniform_(self.proj_func.ode_up_proj, a=math.sqrt(5))
-        nn.init.zeros_(self.proj_func.ode_down_proj)
-
-    def forward(self, config, t):
-        """inv_freq [D/2] fp32 at the integer scaling factor t. With gradients: one solve over [1, t].
-        Without: one solve over the grid 1..max_factor, reused until a parameter changes (an in-place
-        update bumps its version, a reassignment or .to() its storage)."""
-        up, down = self.proj_func.ode_up_proj, self.proj_func.ode_down_proj
-        rs = config.rope_scaling
-        if t != int(t) or not 1 <= t <= rs["max_factor"]:
-            raise ValueError(f"clex: the scaling factor t must be an integer in 1..max_factor={rs['max_factor']}, got {t!r}")
-        t = int(t)
-        args = (config.head_dim, config.rope_theta, up, down)
-        kw = dict(time_dt=rs.get("time_dt", 0.01), act=rs.get("act", "tanh"))
-        if torch.is_grad_enabled():
-            return clex_inv_freq(*args, max_t=t, **kw)[-1]
-        key = (up.data_ptr(), up._version, down.data_ptr(), down._version, str(up.device), args[:2], rs["max_factor"], kw)
-        if self.cache is None or self.cache[0] != key:
-            self.cache = (key, clex_inv_freq(*args, max_t=rs["max_factor"], **kw))
-        return self.cache[1][t - 1]
+    def attend(self, attn, q, k, v):
+        """Layer attn's new keys/values into the cache, then its queries over all keys so far."""
+        past = self.length
+        k, v = self.update(attn.layer_idx, k, v)  # (B, Hkv, past + T, D)
+        return attn.attend(q, k, v, past)
 
 
 class Llama(nn.Module):
     def __init__(self, config: LlamaConfig):
         super().__init__()
         self.config = config
-        # On the meta device (load_model: no weights in memory before the checkpoint's) nn.Embedding's N(0, 1) draw
-        # would import torch._dynamo, ~4 s of every process's start; the weights are overwritten there anyway.
-        skip = torch.empty(0).is_meta
+        skip = torch.empty(0).is_meta  # on meta (load_model) N(0, 1) would import torch._dynamo: ~4 s of every start
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size,
                                          _weight=torch.empty(config.vocab_size, config.hidden_size) if skip else None)
         self.layers = nn.ModuleList(Block(config, i) for i in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        # tied: the output projection *is* the embedding matrix, so there is no second parameter
         self.lm_head = None if config.tie_word_embeddings else nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         if (config.rope_scaling or {}).get("rope_type") == "clex":
             self.clex_layer = CLEX(config)
         self.activation_checkpointing = False  # recompute each block in backward (train.py sets it)
         self.loss_chunk_size = 1024  # rows of logits materialised at once when computing a loss
+        self.drop_unscored = None  # loss: drop -100 rows before the projection (None: on a CPU, where it costs no sync)
+        self._rope_table = None  # (key, inv_freq on the device, mscale) of a scheme whose frequencies are fixed
 
     def init_weights(self, std=0.02):
         """transformers' Llama initialisation: N(0, 0.02) for every matrix, ones for norms; CLEX's own."""
@@ -316,35 +236,26 @@ class Llama(nn.Module):
 
     def rope(self, position_ids, scale_t=None, kv_cache=None):
         """cos, sin [B, T, D] fp32 for these positions, computed once and shared by every block."""
-        rs = self.config.rope_scaling or {}
-        kind = rs.get("rope_type")
-        if scale_t is not None and kind != "clex":
-            raise ValueError(f"scale_t is CLEX's training factor; this model's rope_type is {kind or 'default'!r}")
-        seq_len = None
-        if kind in ("dynamic", "longrope") or (kind == "clex" and scale_t is None):
-            seq_len = int(position_ids.max()) + 1  # these schemes depend on how far the input reaches
-        if kind != "clex":
-            inv_freq, mscale = rope_from_config(self.config, seq_len)
+        if hasattr(self, "clex_layer"):  # learned frequencies (clex.py)
+            return self.clex_layer.cos_sin(self.config, position_ids, scale_t, kv_cache)
+        if scale_t is not None:
+            kind = (self.config.rope_scaling or {}).get("rope_type", "default")
+            raise ValueError(f"scale_t is CLEX's training factor; this model's rope_type is {kind!r}")
+        if (self.config.rope_scaling or {}).get("rope_type") in ("dynamic", "longrope"):  # these depend on how far
+            inv_freq, mscale = rope_from_config(self.config, int(position_ids.max()) + 1)  # the input reaches
             return cos_sin(inv_freq, position_ids, mscale)
-        if scale_t is None:  # CLEX at inference: t = ceil(L / L0). Decoding keeps the prompt's t (kept on the
-            # cache), so every cached key and every new query share one set of frequencies
-            L0 = rs.get("original_max_position_embeddings", self.config.max_position_embeddings)
-            if kv_cache is not None and kv_cache.length > 0 and getattr(kv_cache, "clex_t", None):
-                scale_t = kv_cache.clex_t
-            else:
-                scale_t = clex_factor(seq_len, L0, rs["max_factor"])
-                if kv_cache is not None:
-                    kv_cache.clex_t = scale_t
-        return cos_sin(self.clex_layer(self.config, scale_t), position_ids)
+        key = (position_ids.device, self.config.head_dim, self.config.rope_theta, repr(self.config.rope_scaling))
+        if self._rope_table is None or self._rope_table[0] != key:  # fixed: built once on the device, not every forward
+            inv_freq, mscale = rope_from_config(self.config)
+            self._rope_table = (key, inv_freq.to(position_ids.device), mscale)
+        return cos_sin(self._rope_table[1], position_ids, self._rope_table[2])
 
     def forward(self, input_ids, position_ids=None, labels=None, kv_cache=None, reduction="mean", logits_to_keep=0,
                 scale_t=None):
-        """input_ids [B, T]; position_ids [B, T] or [T] (default: continue after the cache); any
-        numbers, fractions too (CLEX trains on fractional positions). Without labels: logits [B, T, V],
-        or of the last `logits_to_keep` tokens only (decoding a 32k prompt needs one row, not 6 GB).
-        With labels [B, T] (usually input_ids; -100 = not scored): the next-token loss, averaged
-        ("mean") or summed ("sum") over scored tokens. scale_t (CLEX only): the training step's
-        integer factor t; None picks t = ceil(L / L0) from L = max(position_ids) + 1."""
+        """input_ids [B, T]; position_ids [B, T] or [T], any numbers (default: continue after the cache). Without
+        labels: logits [B, T, V], or of the last `logits_to_keep` tokens (decoding a 32k prompt needs one row). With
+        labels [B, T] (-100 = not scored): the next-token loss, "mean" or "sum" over scored tokens. scale_t: CLEX's
+        training factor (clex.py)."""
         B, T = input_ids.shape
         if position_ids is None:
             past = kv_cache.length if kv_cache is not None else 0
@@ -369,42 +280,16 @@ class Llama(nn.Module):
         x = x[:, :-1].reshape(-1, x.shape[-1])
         targets = labels[:, 1:].reshape(-1)
         scored = targets != IGNORE_INDEX
-        if not bool(scored.all()):  # unscored rows (a prompt, a sliding window's context) need no logits at all:
-            x, targets = x[scored], targets[scored]  # drop them before the [rows, V] projection, the costliest step
+        drop = self.drop_unscored if self.drop_unscored is not None else x.device.type == "cpu"
+        mask, count = None, None
+        if drop and not bool(scored.all()):  # unscored rows (a prompt, a sliding window's context) need no logits at
+            x, targets = x[scored], targets[scored]  # all: drop them before the [rows, V] projection, the costliest step
+        elif not drop:  # no host sync: every row goes through, the unscored ones weighted 0
+            mask, count = scored.to(torch.float32), scored.sum().clamp(min=1)
+            targets = targets.masked_fill(~scored, 0)
         weight = self.output_weight
         needs_grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
-        total = ChunkedCrossEntropy.apply(x, weight, targets, self.loss_chunk_size, needs_grad)
+        total = ChunkedCrossEntropy.apply(x, weight, targets, self.loss_chunk_size, needs_grad, mask)
         if reduction == "sum":
             return total
-        return total / max(targets.numel(), 1)
-
-
-class ChunkedCrossEntropy(torch.autograd.Function):
-    """Summed NLL of x @ weight.T against targets (every row scored: Llama.loss drops the -100 rows first),
-    `chunk` rows at a time. The gradient is taken in the same pass: for each chunk, d loss / d logits =
-    softmax - onehot, which is pushed straight into d x and d weight and then dropped. Backward only scales
-    those by the incoming gradient, so nothing is recomputed and no chunk's logits outlive it."""
-
-    @staticmethod
-    def forward(ctx, x, weight, targets, chunk, needs_grad):
-        total = torch.zeros((), dtype=torch.float32, device=x.device)
-        grad_x = torch.empty_like(x) if needs_grad else None
-        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=x.device) if needs_grad else None
-        for i in range(0, targets.numel(), chunk):
-            xi, ti = x[i:i + chunk], targets[i:i + chunk]
-            logp = F.log_softmax(F.linear(xi, weight).float(), dim=-1)  # (rows, V), fp32 for the softmax
-            ti = ti[:, None]
-            total += logp.gather(1, ti)[:, 0].sum().neg()
-            if needs_grad:
-                g = logp.exp_()  # softmax, in the same buffer
-                g.scatter_add_(1, ti, torch.full_like(ti, -1, dtype=g.dtype))  # minus the one-hot target
-                grad_x[i:i + chunk] = g.to(weight.dtype) @ weight  # (rows, C)
-                grad_w += (g.t() @ xi.to(g.dtype)).float()  # (V, C)
-        ctx.save_for_backward(grad_x, grad_w)
-        ctx.weight_dtype = weight.dtype
-        return total
-
-    @staticmethod
-    def backward(ctx, grad_total):
-        grad_x, grad_w = ctx.saved_tensors
-        return grad_x * grad_total.to(grad_x.dtype), (grad_w * grad_total).to(ctx.weight_dtype), None, None, None
+        return total / (count if count is not None else max(targets.numel(), 1))

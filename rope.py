@@ -10,14 +10,13 @@ reach 16k or more.
 
 Scheme names (`rope_type`) as used in this project:
   default, linear, ntk, dynamic, yarn (PoSE's revised formula), yarn_original (transformers'
-  "yarn"), llama3, longrope, clex (learned: its two matrices live in the model, see model.CLEX).
+  "yarn"), llama3, longrope, clex (learned: its two matrices live in the model, see clex.py).
 """
 import math
 
 import torch
 
 ROPE_TYPES = ("default", "linear", "ntk", "dynamic", "yarn", "yarn_original", "llama3", "longrope", "clex")
-CLEX_ACTS = {"tanh": torch.tanh, "silu": torch.nn.functional.silu}
 
 
 def default_inv_freq(head_dim, base):
@@ -103,70 +102,6 @@ def longrope_inv_freq(head_dim, base, ext_factors):
     return 1.0 / (ext * base ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
 
 
-def rk4(f, y, t0, t1, steps):
-    """Integrate dy/dt = f(t, y) from t0 to t1 in `steps` equal steps of fourth-order Runge-Kutta,
-    the 3/8 rule (what torchdiffeq's fixed-grid "rk4", used by the CLEX code, computes)."""
-    h = (t1 - t0) / steps
-    for i in range(steps):
-        t = t0 + i * h
-        k1 = f(t, y)
-        k2 = f(t + h / 3, y + h * k1 / 3)
-        k3 = f(t + 2 * h / 3, y + h * (k2 - k1 / 3))
-        k4 = f(t + h, y + h * (k1 - k2 + k3))
-        y = y + h * (k1 + 3 * (k2 + k3) + k4) / 8
-    return y
-
-
-def clex_inv_freq(head_dim, base, w_up, w_down, max_t, time_dt=0.01, act="tanh"):
-    """CLEX (Chen et al. 2023, arXiv 2310.16450): log frequencies z(t) = log inv_freq(t) for a
-    continuous scaling factor t >= 1, a neural ODE that starts from plain RoPE, z(1) = log theta:
-        dz/dt = act((z + log theta_ntk(t)) W_up) W_down + d/dt log theta_ntk(t),
-        log theta_ntk_j(t) = log theta_j - 2j/(d-2) * log(2t - 1)    (NTK with alpha = 2t - 1).
-    W_up [D/2, pD], W_down [pD, D/2]. (The CLEX code uses base 10000 for theta_ntk whatever the
-    model's base; we use rope_theta.) We integrate u = z - log theta_ntk(t), u(1) = 0:
-        du/dt = act((u + 2 log theta_ntk(t)) W_up) W_down,
-    the same ODE with its NTK part solved exactly: W_down = 0 gives NTK(alpha = 2t - 1) with no
-    rounding piled up over the 1/time_dt fp32 steps. RK4 in fp32, steps of 1 / round(1 / time_dt).
-    Returns inv_freq at t = 1..max_t, [max_t, D/2]: training (max_t = t) and inference (the whole
-    grid) take the same steps, so they agree exactly."""
-    theta = default_inv_freq(head_dim, base).to(w_up.device)
-    log_theta = theta.log()
-    c = (torch.arange(0, head_dim, 2, dtype=torch.float32) / (head_dim - 2)).to(w_up.device)  # 2j / (d - 2)
-    w_up, w_down, act = w_up.float(), w_down.float(), CLEX_ACTS[act]
-
-    def log_ntk(t):
-        return log_theta - c * math.log(2 * t - 1)
-
-    def du_dt(t, u):
-        return act((u + 2 * log_ntk(t)) @ w_up) @ w_down
-
-    u, steps, inv_freq = torch.zeros_like(theta), round(1 / time_dt), [theta]  # t = 1: plain RoPE, exactly
-    for t in range(1, max_t):
-        u = rk4(du_dt, u, t, t + 1, steps)
-        inv_freq.append((u + log_ntk(t + 1)).exp())
-    return torch.stack(inv_freq)
-
-
-def clex_factor(seq_len, original_len, max_factor):
-    """CLEX at inference: t = ceil(L / L0) for L = max(position_ids) + 1, within 1..max_factor."""
-    return min(max(math.ceil(seq_len / original_len), 1), max_factor)
-
-
-def check_clex(rs):
-    """Raise on a bad CLEX rope_scaling; max_factor is required, the rest default as in the paper."""
-    checks = {"max_factor": (lambda v: type(v) is int and v >= 1, "an integer >= 1"),
-              "param_factor": (lambda v: type(v) is int and v >= 1, "an integer >= 1"),
-              "time_dt": (lambda v: type(v) in (int, float) and 0 < v <= 1, "a number in (0, 1]"),
-              "act": (lambda v: v in CLEX_ACTS, f"one of {', '.join(CLEX_ACTS)}"),
-              "log_scale": (lambda v: type(v) is bool, "true or false"),
-              "original_max_position_embeddings": (lambda v: type(v) is int and v >= 1, "an integer >= 1")}
-    if "max_factor" not in rs:
-        raise ValueError("clex: rope_scaling needs max_factor (the largest scaling factor t, e.g. 16)")
-    for key, (ok, want) in checks.items():
-        if key in rs and not ok(rs[key]):
-            raise ValueError(f"clex: rope_scaling {key}={rs[key]!r} is invalid; expected {want}")
-
-
 def rope_from_config(config, seq_len=None):
     """(inv_freq [D/2] fp32, mscale) for a config with head_dim, rope_theta, max_position_embeddings
     and rope_scaling (None or a dict with our `rope_type` names). seq_len = max(position_ids) + 1
@@ -202,8 +137,34 @@ def rope_from_config(config, seq_len=None):
             mscale = 1.0 if f <= 1 else math.sqrt(1 + math.log(f) / math.log(L0))
         return inv, float(mscale)
     if kind == "clex":
-        raise ValueError("clex: the frequencies depend on the model's learned ODE; use Llama.rope (rope.clex_inv_freq)")
+        raise ValueError("clex: the frequencies depend on the model's learned ODE; use Llama.rope (clex.py)")
     raise ValueError(f"unknown rope_type {kind!r}; known: {', '.join(ROPE_TYPES)}")
+
+
+def rope_from_hf(hf, source="config.json"):
+    """(rope_scaling in our names or None, rope_theta) of a Hugging Face config.json dict, popping its RoPE keys.
+    transformers names the scaling `rope_scaling` (<= 4.x, rope_theta beside it) or `rope_parameters` (5.x,
+    rope_theta inside); its "yarn" is the original YaRN formula, which this project calls "yarn_original"."""
+    rope = dict(hf.pop("rope_parameters", None) or hf.pop("rope_scaling", None) or {})
+    hf.pop("rope_scaling", None)
+    theta = rope.pop("rope_theta", None) or hf.pop("rope_theta", 10000.0)
+    hf.pop("rope_theta", None)
+    kind = rope.pop("type", None) or rope.get("rope_type") or "default"
+    rope["rope_type"] = {"yarn": "yarn_original", "su": "longrope"}.get(kind, kind)
+    if rope["rope_type"] == "clex" and "log_scale" in hf:  # the CLEX code keeps it beside rope_scaling
+        rope.setdefault("log_scale", hf.pop("log_scale"))
+    # ours: this project's own scheme, saved beside the transformers-readable one (see save_model)
+    ours = hf.pop("pose_nano_rope_scaling", None)
+    if ours is not None:
+        rope, theta = dict(ours), ours.get("rope_theta", theta)
+        rope.pop("rope_theta", None)
+    if rope["rope_type"] not in ROPE_TYPES:
+        raise ValueError(f"{source}: unknown rope_type {rope['rope_type']!r}; known: {', '.join(ROPE_TYPES)}")
+    if rope["rope_type"] == "default":
+        return None, float(theta)
+    # transformers' fallbacks: dynamic measures from max_position_embeddings, others from the original length
+    rope.setdefault("original_max_position_embeddings", hf.get("original_max_position_embeddings", hf.get("max_position_embeddings", 2048)))
+    return rope, float(theta)
 
 
 def cos_sin(inv_freq, position_ids, mscale=1.0):

@@ -20,7 +20,6 @@ with positions 0..Lc-1 and plain RoPE (pretraining a base: demo.py does, with --
 Resume after a crash or --stop-after: the same command plus --resume; the losses then equal those
 of an uninterrupted run (example e of the run is drawn from a generator seeded with (seed, e)).
 """
-import argparse
 import json
 import math
 import os
@@ -28,75 +27,11 @@ import resource
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import asdict
 from datetime import timedelta
 
-PRESETS = {  # each sets defaults; flags given on the command line still win
-    "llama7b-16k-linear": dict(init_from="cache/llama-7b", data="cache/data/pile", train_len=2048, target_len=16384, rope="linear"),
-    "llama7b-16k-ntk": dict(init_from="cache/llama-7b", data="cache/data/pile", train_len=2048, target_len=16384, rope="ntk"),
-    "llama7b-16k-yarn": dict(init_from="cache/llama-7b", data="cache/data/pile", train_len=2048, target_len=16384, rope="yarn"),
-    "mistral7b-32k": dict(init_from="cache/mistral-7b", data="cache/data/pile-mistral", train_len=8192, target_len=32768, rope="linear"),
-    "tiny": dict(config="tiny", init_from=None, data="cache/data/tiny", train_len=128, target_len=512, global_batch=16,
-                 micro_batch=8, max_steps=200, lr=2e-3, warmup=20, ac=False, eval_every=50, eval_docs=4, ckpt_every=100),
-}
-TINY = dict(hidden_size=128, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4, tie_word_embeddings=True)
-parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-add = parser.add_argument
-add("--preset", choices=PRESETS, help="a paper run or the tiny CPU run (no preset: llama7b-16k-linear, the paper's main run)")
-add("--init-from", default="cache/llama-7b", help="Hugging Face checkpoint folder to fine-tune (default: %(default)s)")
-add("--config", help="train a fresh model instead (overrides --init-from): 'tiny' or a config.json path; vocab_size defaults to the data's")
-add("--data", default="cache/data/pile", help="token file prefix written by prepare_data.py (default: %(default)s)")
-add("--out-dir", default="out/pose", help="ckpt.pt, log.jsonl, final HF folder <out-dir>/hf (default: %(default)s; out/PRESET)")
-add("--method", choices=["pose", "cream", "full", "randpos", "clex", "plain"], default="pose",
-    help="pose; cream: CREAM's head / Gaussian-placed middle / tail positions (--cream-sigma; Lt a multiple of Lc); "
-    "baselines: full-length training at Lt, RandPos; clex: CLEX with max_factor Lt/Lc (--rope is ignored); plain: "
-    "positions 0..Lc-1, no scaling (pretraining)")
-add("--cream-sigma", type=float, default=3.0, help="--method cream: the std of its middle's Gaussian (default: %(default)s, CREAM's)")
-add("--train-len", type=int, default=2048, help="Lc: tokens per training window (default: %(default)s)")
-add("--target-len", type=int, default=16384, help="Lt: context window to extend to (default: %(default)s)")
-add("--orig-len", type=int, help="L0, the window the checkpoint was pretrained with: the RoPE factor is Lt / L0 (default: the "
-    "checkpoint's original_max_position_embeddings or max_position_embeddings; --train-len for a fresh model)")
-add("--num-chunks", type=int, default=2, help="PoSE chunks per window (default: %(default)s)")
-add("--rope", default="linear", choices=["none", "linear", "ntk", "yarn", "yarn_original", "dynamic"],
-    help="RoPE scaling, factor Lt/L0 (see --orig-len; yarn = PoSE's revised YaRN; default: %(default)s)")
-add("--mix", default="text=1", help="window sources, TASK=WEIGHT,... of text, copy, passkey (see tasks.py; default: %(default)s)")
-add("--mix-from", help="STEP:MIX: switch to another --mix from that step on, e.g. 400:copy=0.1,passkey=0.45,text=0.45")
-add("--gap-warmup", type=int, default=0, help="passkey windows: the key-to-question gap grows from 20 tokens to the "
-    "whole window over the first N steps (default: %(default)s)")
-add("--global-batch", type=int, default=64, help="sequences per optimizer step, all ranks (default: %(default)s)")
-add("--micro-batch", type=int, default=1, help="sequences per forward pass per rank (default: %(default)s)")
-add("--max-steps", type=int, default=1000, help="optimizer steps (default: %(default)s)")
-add("--lr", type=float, default=2e-5, help="peak learning rate (default: %(default)s)")
-add("--min-lr", type=float, default=0.0, help="where the decay ends, at step --max-steps (the last step, max-steps - 1, "
-    "is one decay step above it; default: %(default)s)")
-add("--warmup", type=int, default=10, help="linear warm-up steps (default: %(default)s)")
-add("--decay", choices=["linear", "cosine"], default="linear", help="decay after warm-up (default: %(default)s)")
-add("--weight-decay", type=float, default=0.0, help="AdamW weight decay (default: %(default)s)")
-add("--beta2", type=float, default=0.999, help="AdamW beta2 (0.95 for pretraining from scratch; default: %(default)s)")
-add("--grad-clip", type=float, default=1.0, help="clip the gradient norm to this; 0 = off (default: %(default)s)")
-add("--ac", action=argparse.BooleanOptionalAction, default=True, help="activation checkpointing per block (default: on)")
-add("--shard", choices=["auto", "ddp", "zero1", "fsdp"], default="auto",
-    help="ddp: replicate all; zero1: shard AdamW state; fsdp: shard everything; auto: the first that fits (default)")
-add("--dtype", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
-    help="autocast dtype; master weights stay fp32. auto: bf16 on CUDA if supported else fp16, fp32 on CPU")
-add("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: cuda if available, else cpu (default: %(default)s)")
-add("--compile", action=argparse.BooleanOptionalAction, default=None,
-    help="torch.compile each block (after activation checkpointing, before FSDP; default: on for CUDA, off on CPU)")
-add("--device-memory", type=float, help="GB per device for the memory check (default: measured)")
-add("--eval-every", type=int, default=200, help="eval loss at Lt every N steps; 0 = never (default: %(default)s)")
-add("--eval-docs", type=int, default=8, help="the last N documents of >= Lt tokens, held out for the eval loss (default: %(default)s)")
-add("--ckpt-every", type=int, default=250, help="write <out-dir>/ckpt.pt every N steps and at the end; 0 = only at the "
-    "end (default: %(default)s)")
-add("--stop-after", type=int, help="checkpoint and stop after this step (e.g. a job time limit); continue with --resume")
-add("--resume", action="store_true", help="continue from <out-dir>/ckpt.pt")
-add("--seed", type=int, default=1337, help="seeds the fresh model and the data order (default: %(default)s)")
-add("--dry-run", action="store_true", help="print the memory plan and exit")
-args = parser.parse_args()
-if args.preset:  # re-parse with the preset as defaults, so explicit flags still override it
-    parser.set_defaults(out_dir=f"out/{args.preset}", **PRESETS[args.preset])
-    args = parser.parse_args()
-if args.config:
-    args.init_from = None
+from train_args import TINY, parse_args
+
+parser, args = parse_args(__doc__)
 
 # ----------------------------------------------------------------------------- checks before any work
 world_size, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
@@ -142,12 +77,11 @@ if args.config and args.config != "tiny" and not os.path.isfile(args.config):
 import numpy as np  # noqa: E402  (imported after the checks: a typo should not wait for torch)
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
-from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,  # noqa: E402
-                                                     get_optimizer_state_dict, set_model_state_dict, set_optimizer_state_dict)
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard  # noqa: E402
 from torch.nn.parallel import DistributedDataParallel as DDP  # noqa: E402
 
-from load_hf_weights import load_config, load_model, save_model, with_rope  # noqa: E402
+from checkpoint import Checkpoints  # noqa: E402
+from load_hf_weights import load_config, load_model, with_rope  # noqa: E402
 from device import DTYPES, compile_blocks, pick_compile, pick_device, pick_dtype  # noqa: E402
 from examples import Examples  # noqa: E402
 from memory_plan import choose_shard  # noqa: E402
@@ -243,7 +177,9 @@ examples = Examples(data, train_ids, mixes, method=args.method, seq_len=seq_len,
 def get_batch(step, micro_step):
     first = step * args.global_batch + (rank * grad_accum + micro_step) * args.micro_batch
     x, pos, labels = zip(*(examples.example(e) for e in range(first, first + args.micro_batch)))
-    return torch.stack(x).to(device), torch.stack(pos).to(device), torch.stack(labels).to(device)  # (B, T) each
+    # CUDA: page-locked host memory, so that the copies run beside the previous step's kernels instead of waiting
+    move = (lambda t: t.pin_memory().to(device, non_blocking=True)) if device.startswith("cuda") else (lambda t: t.to(device))
+    return move(torch.stack(x)), move(torch.stack(pos)), move(torch.stack(labels))  # (B, T) each
 
 
 torch.manual_seed(args.seed)  # a fresh model, or CLEX's new ODE weights on a checkpoint without them
@@ -282,7 +218,8 @@ if dtype_name == "fp16":
     from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
     scaler = ShardedGradScaler() if shard == "fsdp" else torch.amp.GradScaler("cuda")
 autocast = torch.autocast(device.split(":")[0], dtype=amp_dtype) if dtype_name != "fp32" else nullcontext()
-full_sd = StateDictOptions(full_state_dict=True, cpu_offload=True)  # FSDP: gather the shards onto rank 0's CPU
+ckpts = Checkpoints(ckpt_path, model=model, raw_model=raw_model, optimizer=optimizer, scaler=scaler, shard=shard, ddp=ddp,
+                    master=master_process)  # checkpoint.py: ckpt.pt written atomically, exact resume, the final HF folder
 
 
 def get_lr(step):
@@ -293,50 +230,12 @@ def get_lr(step):
     return args.min_lr + coeff * (args.lr - args.min_lr)
 
 
-def save_checkpoint(step):
-    """All ranks call (FSDP and ZeRO-1 gather state); rank 0 writes tmp -> fsync -> rename."""
-    if shard == "fsdp":
-        model_sd, opt_sd = get_model_state_dict(model, options=full_sd), get_optimizer_state_dict(model, optimizer, options=full_sd)
-    else:
-        if shard == "zero1" and ddp:
-            optimizer.consolidate_state_dict(to=0)
-        model_sd, opt_sd = raw_model.state_dict(), optimizer.state_dict() if master_process else None
-    if master_process:
-        ckpt = dict(model=model_sd, optimizer=opt_sd, scaler=scaler.state_dict() if scaler else None, step=step,
-                    examples_seen=step * args.global_batch, torch_rng=torch.get_rng_state(), args=vars(args), config=asdict(config))
-        with open(ckpt_path + ".tmp", "wb") as f:
-            torch.save(ckpt, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(ckpt_path + ".tmp", ckpt_path)  # atomic: ckpt.pt is the old or the new checkpoint, never half of one
-
-
 start_step, log = 0, os.path.join(args.out_dir, "log.jsonl")
 if master_process:
     os.makedirs(args.out_dir, exist_ok=True)
 if args.resume:
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)  # every rank reads it; mmap: no copy
-    same = ("method", "train_len", "target_len", "orig_len", "num_chunks", "rope", "global_batch", "max_steps", "lr", "min_lr", "warmup",
-            "decay", "weight_decay", "seed", "data", "mix", "mix_from", "gap_warmup", "cream_sigma")
-    changed = [f"--{k.replace('_', '-')} {ckpt['args'].get(k)} -> {getattr(args, k)}" for k in same
-               if ckpt["args"].get(k, parser.get_default(k)) != getattr(args, k)]
-    if changed:
-        sys.exit(f"error: --resume with settings that change the run: {', '.join(changed)}; use the checkpoint's or a new --out-dir")
-    if shard == "fsdp":
-        set_model_state_dict(model, ckpt["model"], options=full_sd)
-        set_optimizer_state_dict(model, optimizer, ckpt["optimizer"], options=full_sd)
-    else:
-        raw_model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-    if scaler and ckpt["scaler"]:
-        scaler.load_state_dict(ckpt["scaler"])
-    torch.set_rng_state(ckpt["torch_rng"])
-    start_step = ckpt["step"]  # data state: the next example is start_step * global_batch (see examples.py)
-    if master_process and os.path.exists(log):  # drop log lines of steps that will be redone
-        lines = [line for line in open(log) if json.loads(line)["step"] <= start_step]
-        open(log, "w").writelines(lines)
+    start_step = ckpts.resume(args, parser.get_default, log)
     print0(f"resumed from {ckpt_path} at step {start_step}")
-    del ckpt
 elif master_process and os.path.exists(log):
     os.remove(log)
 
@@ -377,7 +276,7 @@ while True:
         print0(f"step {step} | eval loss at {eval_len} tokens {eval_loss:.4f}")
         write_log(dict(step=step, eval_loss=eval_loss))
     if step > start_step and ((args.ckpt_every and step % args.ckpt_every == 0) or last_step):
-        save_checkpoint(step)
+        ckpts.save(step, args, config)
     if last_step:
         break
 
@@ -422,15 +321,11 @@ while True:
                    peak_mem_gb=mem, step_time=times[-1]))
 
 if step == args.max_steps:  # the final model as a Hugging Face folder
-    final_sd = get_model_state_dict(model, options=full_sd) if shard == "fsdp" else raw_model.state_dict()
-    if master_process:
-        with torch.device("meta"):
-            export = Llama(config)
-        export.load_state_dict(final_sd, strict=True, assign=True)
-        save_dtype = getattr(torch, config.torch_dtype, torch.float32) if args.init_from else torch.float32
-        tok = data.meta.get("tokenizer") or ""
-        tok_dir = args.init_from or (tok if os.path.isdir(tok) else os.path.dirname(tok)) or None
-        print0(f"saved {save_model(export, os.path.join(args.out_dir, 'hf'), dtype=save_dtype, tokenizer_dir=tok_dir)}")
+    save_dtype = getattr(torch, config.torch_dtype, torch.float32) if args.init_from else torch.float32
+    tok = data.meta.get("tokenizer") or ""
+    tok_dir = args.init_from or (tok if os.path.isdir(tok) else os.path.dirname(tok)) or None
+    if saved := ckpts.export(os.path.join(args.out_dir, "hf"), config, save_dtype, tok_dir):
+        print0(f"saved {saved}")
 if ddp:
     dist.destroy_process_group()
     if device == "cpu":  # gloo in torch 2.13 sometimes aborts (SIGABRT) in interpreter teardown, after all work is done

@@ -14,7 +14,7 @@ Evaluation cost on the real SmolLM2-135M checkpoint, ours vs transformers, each 
 - prefill: the attention of one SmolLM2 layer (9 query / 3 key-value heads, head_dim 64) for a prompt of L
   tokens whose first P are already in the KV cache (a passkey prompt sharing a prefix, eval_ppl's chunked
   pass): a fresh causal prefill of all L, the new L - P queries with an explicit mask (the old path), and
-  model.cached_prefill_attention (no mask: cached half + causal half merged by log-sum-exp). --prefill-lens.
+  inference.cached_prefill_attention (no mask: cached half + causal half merged by log-sum-exp). --prefill-lens.
 Timings are wall-clock on whatever else the machine runs: repeat on an idle machine for clean figures.
 """
 import argparse
@@ -84,7 +84,7 @@ def prefill_attention(L, shared, threads, rounds=2):
     import torch
     import torch.nn.functional as F
 
-    from model import cached_prefill_attention
+    from inference import cached_prefill_attention
     if threads:
         torch.set_num_threads(threads)
     g = torch.Generator().manual_seed(0)

@@ -2,7 +2,7 @@
 The GPU acceptance run (issue 12): five checks on one GPU, each written to <out-dir>/<part>.json as soon as
 it ends (env.json: the machine; logs/: what each train.py run printed), then one table, goals beside figures.
 
-    python bench/gpu_check.py                         # one H200: <= 8 minutes, results/gpu/
+    python bench/gpu_check.py                         # one H200: <= 8 minutes, out/gpu/ (git-ignored)
     python bench/gpu_check.py --parts 2 4             # only some parts (e.g. a rerun of those that failed)
     python bench/gpu_check.py --smoke --device cpu    # the same code paths at toy sizes, ~1-2 min (tests/test_gpu_check.py)
 
@@ -66,7 +66,7 @@ NAMES = {1: "exactness", 2: "throughput", 3: "cost", 4: "distributed", 5: "infer
 parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 2)[2],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
 add = parser.add_argument
-add("--out-dir", default="results/gpu", help="one JSON per part plus env.json (default: %(default)s)")
+add("--out-dir", default="out/gpu", help="one JSON per part plus env.json (default: %(default)s; copy to results/ to keep)")
 add("--smoke", action="store_true", help="toy sizes, fp32, a few steps: the same code paths in a minute or two on a CPU "
     "(default: off, the real sizes)")
 add("--parts", type=int, nargs="+", choices=sorted(NAMES), default=sorted(NAMES), help="parts to run (default: all)")
@@ -314,7 +314,7 @@ def part_exactness(res, deadline):
 
 def kv_check(model, ids, pos, KVCache):
     """Logits of the last `decode`+1 positions: full forward vs a fresh prefill of half the prompt, a prefill of the
-    rest but `decode` tokens after the cached half (model.cached_prefill_attention), then one token at a time."""
+    rest but `decode` tokens after the cached half (inference.cached_prefill_attention on a CPU), then one token at a time."""
     T, n = ids.shape[1], S["decode"]
     full = model(ids, pos)[0, T - n - 1:]
     p = next(model.parameters())

@@ -1,10 +1,11 @@
-"""The cached-prefill fast path (model.cached_prefill_attention): new queries after cached keys, no mask."""
+"""The cached-prefill fast path (inference.cached_prefill_attention): new queries after cached keys, no mask."""
 import pytest
 import torch
 import torch.nn.functional as F
 
-import model as model_module
-from model import KVCache, Llama, LlamaConfig, cached_prefill_attention
+import inference as model_module
+from inference import PrefixCache as KVCache, cached_prefill_attention
+from model import Llama, LlamaConfig
 
 
 def masked_reference(q, k, v, past):

@@ -11,7 +11,8 @@ from safetensors.torch import load_file, save_file
 from load_hf_weights import load_model, save_model, to_hf_config, with_rope
 from model import Llama, LlamaConfig
 from pose_sampler import sample_clex
-from rope import clex_factor, clex_inv_freq, cos_sin, ntk_inv_freq, rk4
+from clex import clex_factor, clex_inv_freq, rk4
+from rope import cos_sin, ntk_inv_freq
 
 L0 = 16
 TINY = dict(vocab_size=97, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,

@@ -70,3 +70,9 @@ def test_compile_without_a_working_compiler_names_the_flag(tmp_path):
     env = {"CXX": str(tmp_path / "no-such-g++"), "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")}
     p = run("--smoke", "--device", "cpu", "--compile", "--out-dir", tmp_path / "out", env=env, timeout=300)
     assert p.returncode == 2 and "--compile" in p.stderr.strip().splitlines()[-1], p.stderr
+
+
+def test_writes_under_out_by_default():
+    """Without --out-dir the run writes to out/gpu (git-ignored), not into the tree."""
+    p = run("--help", timeout=120)
+    assert p.returncode == 0 and "(default: out/gpu;" in " ".join(p.stdout.split())

@@ -2,7 +2,7 @@
 first-that-fits rule of --shard auto with the lines it prints. No model is built: the plan needs numbers only."""
 import pytest
 
-from memory_plan import HEADROOM, choose_shard, memory_plan
+from memory_plan import HEADROOM, WORKSPACE_GB, choose_shard, memory_plan
 from model import LlamaConfig
 
 LLAMA_7B = LlamaConfig.from_hf({"model_type": "llama", "hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32,
@@ -67,14 +67,15 @@ def test_activations_scale_with_tokens_and_ac_keeps_block_inputs():
     assert acts() < acts(ac=False) / 3
 
 
-# what train.py printed for LLaMA-7B on 8 x 48 GB in bf16 before the plan moved here (--dry-run --device-memory 48)
+# what train.py prints for LLaMA-7B on 8 x 48 GB in bf16 (--dry-run --device-memory 48); before issue 24 the lines
+# had no loss_grad and workspace, and the totals were 114.15, 70.22 and 14.53 GB
 LINES_7B_8X48 = [
     "memory plan, 6.74B params, ddp on 8 x 48 GB (cpu, bf16, micro-batch 1 x 2048 tokens, AC on): weights 37.65, grads 25.10, "
-    "optimizer 50.21, activations 1.19 = 114.15 GB per device  -> does not fit",
+    "optimizer 50.21, activations 1.19, loss_grad 0.50, workspace 2.00 = 116.66 GB per device  -> does not fit",
     "memory plan, 6.74B params, zero1 on 8 x 48 GB (cpu, bf16, micro-batch 1 x 2048 tokens, AC on): weights 37.65, grads 25.10, "
-    "optimizer 6.28, activations 1.19 = 70.22 GB per device  -> does not fit",
+    "optimizer 6.28, activations 1.19, loss_grad 0.50, workspace 2.00 = 72.73 GB per device  -> does not fit",
     "memory plan, 6.74B params, fsdp on 8 x 48 GB (cpu, bf16, micro-batch 1 x 2048 tokens, AC on): weights 3.92, grads 3.14, "
-    "optimizer 6.28, activations 1.19 = 14.53 GB per device"]
+    "optimizer 6.28, activations 1.19, loss_grad 0.50, workspace 2.00 = 17.03 GB per device"]
 
 
 def choose(candidates=("ddp", "zero1", "fsdp"), capacity=48, world_size=8, dtype_name="bf16"):
@@ -87,7 +88,7 @@ def test_auto_takes_the_first_that_fits_and_prints_each_tried():
     assert shard == "fsdp" and chosen == plan("fsdp") and lines == LINES_7B_8X48
     shard, _, lines = choose(capacity=1000)
     assert shard == "ddp" and lines == [LINES_7B_8X48[0].replace("48 GB", "1000 GB").removesuffix("  -> does not fit")]
-    assert choose(["zero1"], capacity=80)[0] == "zero1"  # only the candidates given are tried
+    assert choose(["zero1"], capacity=90)[0] == "zero1"  # only the candidates given are tried (80 GB: too close, see below)
 
 
 def test_fits_within_headroom_of_the_device():
@@ -105,3 +106,22 @@ def test_none_fits():
 def test_fp32_plans_four_byte_activations_and_no_copies():
     shard, chosen, lines = choose(["ddp"], capacity=1000, world_size=1, dtype_name="fp32")
     assert chosen == plan("ddp", 1, act_bytes=4) and "(cpu, fp32," in lines[0]
+
+
+def test_loss_gradient_and_workspace_are_counted():
+    """The chunked loss holds an fp32 [V, C] gradient (plus [tokens, C]) until backward: 2 GB for a 128k vocabulary at
+    C = 4096; and WORKSPACE_GB stays free for what no formula counts (CUDA context, cuBLAS / NCCL, fragmentation)."""
+    assert plan("ddp")["loss_grad"] == pytest.approx((4 * V * C + 2048 * C * 2) / GB, rel=1e-12)
+    big = LlamaConfig.from_hf({"model_type": "llama", "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
+                               "num_attention_heads": 32, "vocab_size": 128256, "max_position_embeddings": 8192})
+    assert memory_plan(big, 8e9, "fsdp", 8, **RUN, act_bytes=2)["loss_grad"] == pytest.approx(1.97, abs=0.01)
+    assert WORKSPACE_GB == 2.0 and plan("fsdp")["workspace"] == WORKSPACE_GB
+
+
+def test_auto_keeps_clear_of_the_limit_on_80gb_cards():
+    """LLaMA-7B on 8 x 80 GB (79.6 GB as CUDA reports it): ZeRO-1's weights, grads, optimizer and activations alone
+    (70.2 GB) fit under the 71.7 GB allowed, but not with the loss gradient and the workspace: auto goes on to FSDP."""
+    zero1 = plan("zero1")
+    old = sum(v for k, v in zero1.items() if k not in ("loss_grad", "workspace"))
+    assert old <= HEADROOM * 79.6 < sum(zero1.values()) and HEADROOM * 79.6 - old < WORKSPACE_GB
+    assert choose(capacity=79.6)[0] == "fsdp"

@@ -111,6 +111,28 @@ def test_mistral_sliding_window_matches(tmp_path):
         assert_logits_close(ours(ids), hf_logits(hf, ids))
 
 
+def test_mistral_sliding_window_in_blocks_through_the_cache(tmp_path, monkeypatch):
+    """Beyond its window Mistral attends in blocks of W queries over < 2 W keys each: no [T, S] mask (O(T S) memory,
+    and on CUDA no flash kernel). Logits equal transformers' for a long prompt, and through the KV cache (a prefill
+    beyond the window, a prefill after it, single steps) equal the full forward."""
+    import model as model_module
+    hf = make_hf(tmp_path, cls="MistralForCausalLM", num_key_value_heads=2, sliding_window=16)
+    ours = load_model(tmp_path).eval()
+    masks, sdpa = [], model_module.F.scaled_dot_product_attention
+    monkeypatch.setattr(model_module.F, "scaled_dot_product_attention",
+                        lambda *a, attn_mask=None, **kw: masks.append(0 if attn_mask is None else attn_mask.numel()) or
+                        sdpa(*a, attn_mask=attn_mask, **kw))
+    ids = torch.randint(0, 97, (1, 120))
+    with torch.no_grad():
+        full = ours(ids)
+        assert max(masks) <= 16 * 31 < 120 * 120  # (the patch is torch's: transformers' calls count too, so check now)
+        assert_logits_close(full, hf_logits(hf, ids))
+        cache = KVCache(ours.config, 1, 120)
+        pieces = [ours(ids[:, :70], kv_cache=cache), ours(ids[:, 70:100], kv_cache=cache)]
+        pieces += [ours(ids[:, t:t + 1], kv_cache=cache) for t in range(100, 120)]
+    assert_logits_close(torch.cat(pieces, 1), full)
+
+
 def test_bf16_on_disk_and_sharded(tmp_path):
     hf = make_hf(tmp_path, save_dtype=torch.bfloat16, shard="40KB", num_key_value_heads=2, initializer_range=0.2,
                  rope_scaling={"rope_type": "linear", "factor": 4.0})

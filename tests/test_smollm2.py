@@ -66,3 +66,37 @@ def test_pose_finetuned_export_of_real_model_matches_transformers(smollm2_dir, a
     r = compare(out / "hf", alice_ids[:, :1024], pos, keep=1024)
     assert r["max_abs_diff"] < 1e-3 and r["argmax_agree"] == 1.0, r
     assert r["rope_scaling_for_transformers"]["rope_type"] == "longrope"
+
+
+def test_benchmark_scores_equal_transformers(smollm2_dir):
+    """eval_tasks.py's per-choice log-likelihoods on real benchmark items (lm-eval's strings, written here) = stock
+    transformers with its own tokenizer, one plain forward per choice; the same picks; no BOS, as HF's tokenizer."""
+    from eval_tasks import encode_pair, item_result, requests, score, tokenizer_adds_bos
+    items = {
+        "hellaswag": {"id": 0, "context": "Roof shingle removal: A man is sitting on a roof. He", "gold": 3, "choices": [
+            "is using wrap to wrap a pair of skis.", "is ripping level tiles off.", "is holding a rubik's cube.",
+            "starts pulling up roofing on a roof."]},
+        "winogrande": {"id": 0, "context": "Sarah was a much better surgeon than Maria so ", "choices": ["Sarah", "Maria"],
+                       "continuation": "always got the easier cases.", "gold": 1},
+        "boolq": {"id": 0, "context": "The Eiffel Tower is a wrought-iron lattice tower in Paris, France.\nQuestion: "
+                  "is the eiffel tower in paris?\nAnswer:", "choices": ["no", "yes"], "gold": 1},
+        "lambada": {"id": 0, "context": "He poured the tea into two cups and handed one to his", "choices": ["guest"], "gold": 0},
+    }
+    hf_tok = transformers.AutoTokenizer.from_pretrained(smollm2_dir)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(smollm2_dir, dtype=torch.float32).eval()
+    ours, tok = load_model(smollm2_dir).eval(), load_tokenizer(smollm2_dir)
+    assert not tokenizer_adds_bos(smollm2_dir) and hf_tok("Hi")["input_ids"] == hf_tok("Hi", add_special_tokens=False)["input_ids"]
+    for task, item in items.items():
+        got = score(ours, [encode_pair(tok, c, k, bos=False) for c, k in requests(item)])
+        want = []
+        for c, k in requests(item):  # lm-eval's HFLM: trailing spaces to the continuation, whole pair split after the context
+            n = len(c) - len(c.rstrip())
+            c, k = (c[:-n], c[-n:] + k) if n else (c, k)
+            whole, ctx = hf_tok(c + k)["input_ids"], hf_tok(c)["input_ids"]
+            with torch.no_grad():
+                logp = hf(torch.tensor([whole])).logits[0].log_softmax(-1)[len(ctx) - 1: len(whole) - 1]
+            cont = whole[len(ctx):]
+            want.append((sum(logp[j, t].item() for j, t in enumerate(cont)), all(logp[j].argmax().item() == t for j, t in enumerate(cont))))
+        assert all(abs(a[0] - b[0]) < 1e-3 and a[1] == b[1] for a, b in zip(got, want)), (task, got, want)
+        picks = lambda scored: {k: v for k, v in item_result(task, item, scored).items() if k.startswith("acc")}
+        assert picks(got) == picks(want), task

@@ -405,6 +405,26 @@ def test_rope_factor_stretches_the_checkpoints_window(files, tmp_path, orig_len,
     assert (rope["rope_type"], rope["factor"], rope["original_max_position_embeddings"]) == ("yarn", factor, orig_len or 64)
 
 
+@pytest.mark.parametrize("key", ["dtype", "torch_dtype"])
+def test_bf16_checkpoint_stays_bf16(files, tmp_path, key):
+    """transformers >= 4.56 writes "dtype", older ones "torch_dtype": either way a bf16 checkpoint is read as bf16
+    and the fine-tuned model is saved in bf16, not fp32."""
+    from safetensors.torch import load_file
+    from load_hf_weights import save_model
+    base = Llama(LlamaConfig.from_hf({"model_type": "llama", "vocab_size": 64, "max_position_embeddings": 32, **TINY}))
+    base.init_weights()
+    save_model(base, tmp_path / "base", dtype=torch.bfloat16)
+    cfg = json.loads((tmp_path / "base/config.json").read_text())
+    del cfg[{"dtype": "torch_dtype", "torch_dtype": "dtype"}[key]]  # only one of the two names, as each version writes
+    (tmp_path / "base/config.json").write_text(json.dumps(cfg))
+    assert LlamaConfig.from_hf(cfg).torch_dtype == "bfloat16"
+    argv = [*common(files, **{"max-steps": 1, "eval-every": 0, "config": None}), "--init-from", tmp_path / "base",
+            "--out-dir", tmp_path / "out"]
+    assert run(*argv) is None
+    assert {t.dtype for t in load_file(tmp_path / "out/hf/model.safetensors").values()} == {torch.bfloat16}
+    assert json.loads((tmp_path / "out/hf/config.json").read_text())["torch_dtype"] == "bfloat16"
+
+
 def test_target_must_exceed_the_checkpoints_window(files, tmp_path, capsys):
     from load_hf_weights import save_model
     base = Llama(LlamaConfig.from_hf({"model_type": "llama", "vocab_size": 64, "max_position_embeddings": 128, **TINY}))
@@ -484,7 +504,7 @@ def test_memory_plan_gb_against_parameter_count(tmp_path, monkeypatch, capsys):
         for part, gb in parts.items():  # printed to 0.01 GB; the plan takes a block as P / L (4% more than counted here)
             tol = dict(rel=0.01) if (shard, part) == ("fsdp", "weights") else dict(abs=0.0051)
             assert plans[shard][part] == pytest.approx(gb, **tol), (shard, part, plans[shard][part], gb)
-        shown = [plans[shard][k] for k in ("weights", "grads", "optimizer", "activations")]
+        shown = [plans[shard][k] for k in ("weights", "grads", "optimizer", "activations", "loss_grad", "workspace")]
         assert plans[shard]["total"] == pytest.approx(sum(shown), abs=0.021)
     assert plans["fsdp"]["total"] <= 0.9 * 48 < plans["zero1"]["total"]
 
