@@ -38,7 +38,7 @@ from pathlib import Path
 import torch
 
 from eval_common import add_common_args, load, resolve_device_args, write_json
-from model import KVCache
+from inference import PrefixCache
 from scripts.get_benchmarks import TASKS as ALL_TASKS
 from scripts.pypi_cache import cache_root
 
@@ -96,7 +96,7 @@ def score(model, pairs):
     P = min(common_prefix(seqs), min(len(c) for c, _ in pairs) - 1)  # the first scored prediction must be recomputed
     B, S = len(seqs), max(map(len, seqs)) - P
     dev, dtype = next(model.parameters()).device, next(model.parameters()).dtype
-    cache = KVCache(model.config, 1, P + S, dev, dtype)
+    cache = PrefixCache(model.config, 1, P + S, dev, dtype)  # the log-sum-exp merge on a CPU, as passkey and PPL
     if P:
         model(torch.tensor([seqs[0][:P]], device=dev), kv_cache=cache, logits_to_keep=1)
         cache.k = [k.expand(B, -1, -1, -1).clone() for k in cache.k]
