@@ -38,7 +38,7 @@ from pathlib import Path
 import torch
 
 from eval_common import add_common_args, load, resolve_device_args, write_json
-from inference import PrefixCache
+from inference import PrefixCache, shared_prefix
 from scripts.get_benchmarks import TASKS as ALL_TASKS
 from scripts.pypi_cache import cache_root
 
@@ -79,21 +79,14 @@ def tokenizer_adds_bos(model_dir):
     return True
 
 
-def common_prefix(seqs):
-    n = min(map(len, seqs))
-    for i in range(n):
-        if any(s[i] != seqs[0][i] for s in seqs[1:]):
-            return i
-    return n
-
-
 @torch.no_grad()
 def score(model, pairs):
     """[(ll, greedy)] for [(context ids, continuation ids)]: the shared prefix once through the KV cache, the rest of
     each pair as one right-padded batch (causal: padding after a row's end changes nothing before it), logits only
     from the first row that predicts a continuation token."""
     seqs = [c + k for c, k in pairs]
-    P = min(common_prefix(seqs), min(len(c) for c, _ in pairs) - 1)  # the first scored prediction must be recomputed
+    # the prefix every choice shares (inference's rule, as passkey's); the first scored prediction must be recomputed
+    P = min([shared_prefix(model, s, seqs[0]) for s in seqs] + [min(len(c) for c, _ in pairs) - 1])
     B, S = len(seqs), max(map(len, seqs)) - P
     dev, dtype = next(model.parameters()).device, next(model.parameters()).dtype
     cache = PrefixCache(model.config, 1, P + S, dev, dtype)  # the log-sum-exp merge on a CPU, as passkey and PPL

@@ -19,13 +19,7 @@ from tokenizer import _byte_alphabet, load_tokenizer
 VOCAB = 257  # 256 bytes + <|endoftext|> (BOS and EOS)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny matrices: a second thread only adds synchronisation (x10 slower on a busy 2-core machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 @pytest.fixture(scope="module")
