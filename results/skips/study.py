@@ -161,7 +161,6 @@ def fine_tune(c, seed):
     out = work / name(c, seed)
     total = FT["steps"] * c["steps"] // 200  # (--quick: 4 steps for every 200)
     stops = list(range(FT["steps"], total + 1, FT["steps"]))
-    steps = stops[-1]
     models = {k: out / f"step{k}" / "hf" for k in stops}
     if all((m / "config.json").exists() for m in models.values()):
         return models
@@ -173,7 +172,7 @@ def fine_tune(c, seed):
         return models
     data = demo / "data/train"
     cmd = ["train.py", "--data", data, "--out-dir", out, "--rope", c["rope"], "--train-len", LC, "--target-len", LC * c["s"],
-           "--max-steps", steps, "--global-batch", FT["batch"], "--micro-batch", FT["batch"], "--lr", FT["lr"],
+           "--max-steps", total, "--global-batch", FT["batch"], "--micro-batch", FT["batch"], "--lr", FT["lr"],
            "--min-lr", FT["lr"] / 10, "--warmup", FT["warmup"], "--decay", "cosine", "--weight-decay", 0.1, "--beta2", 0.95,
            "--no-ac", "--dtype", "fp32", "--device", "cpu", "--eval-every", 0, "--ckpt-every", 0, "--seed", seed,
            "--mix", MIX if c["data"] == "mix" else "text=1", "--init-from", base(c["base"]), *METHOD_FLAGS[c["method"]]]
