@@ -10,8 +10,10 @@ import eval_ruler as R
 from eval_passkey import FILLER
 from load_hf_weights import load_model
 from model import KVCache
-from test_eval import one_thread, tiny, tiny_dir  # noqa: F401 (fixtures)
+from test_eval import tiny, tiny_dir  # noqa: F401 (fixtures)
 from tokenizer import load_tokenizer
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 TEXT = Path(R.__file__).parent / R.TEXT
 HAYS = [(task, hay) for task in R.TASKS for hay in (["filler", "text"] if task != "lines" else [None])]
