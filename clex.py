@@ -9,7 +9,7 @@ import math
 import torch
 import torch.nn as nn
 
-from rope import cos_sin, default_inv_freq
+from rope import cos_sin, default_inv_freq, original_len
 
 CLEX_ACTS = {"tanh": torch.tanh, "silu": torch.nn.functional.silu}
 
@@ -113,17 +113,15 @@ class CLEX(nn.Module):
             self.cache = (key, clex_inv_freq(*args, max_t=rs["max_factor"], **kw))
         return self.cache[1][t - 1]
 
-    def cos_sin(self, config, position_ids, scale_t=None, kv_cache=None):
-        """cos, sin [B, T, D] fp32 at the training step's factor scale_t, or at inference t = ceil(L / L0) for
-        L = max(position_ids) + 1. Decoding keeps the prompt's t (kept on the cache), so every cached key and every
-        new query share one set of frequencies (the original re-rotates the cached keys when t changes)."""
-        rs = config.rope_scaling
-        if scale_t is None:
-            if kv_cache is not None and kv_cache.length > 0 and getattr(kv_cache, "clex_t", None):
-                scale_t = kv_cache.clex_t
-            else:
-                L0 = rs.get("original_max_position_embeddings", config.max_position_embeddings)
-                scale_t = clex_factor(int(position_ids.max()) + 1, L0, rs["max_factor"])
-                if kv_cache is not None:
-                    kv_cache.clex_t = scale_t
-        return cos_sin(self(config, scale_t), position_ids)
+    def cos_sin(self, config, position_ids, kv_cache=None):
+        """cos, sin [B, T, D] fp32 at t = ceil(L / L0) for L = max(position_ids) + 1 (one host read of the reach).
+        In training that is the step's t: sample_clex's last position is Lc * t - 1, and train.py sets L0 = Lc.
+        Decoding keeps the prompt's t (kept on the cache), so every cached key and every new query share one set of
+        frequencies (the original re-rotates the cached keys when t changes)."""
+        if kv_cache is not None and kv_cache.length > 0 and getattr(kv_cache, "clex_t", None):
+            t = kv_cache.clex_t
+        else:
+            t = clex_factor(int(position_ids.max()) + 1, original_len(config), config.rope_scaling["max_factor"])
+            if kv_cache is not None:
+                kv_cache.clex_t = t
+        return cos_sin(self(config, t), position_ids)

@@ -35,8 +35,8 @@ class Examples:
             seed, global_batch, cream_sigma, clex_max_factor, gap_warmup
 
     def clex_factor(self, step):
-        """CLEX: the scaling factor t ~ U{1..max_factor} of a whole step (one ODE solve per forward), from its
-        own generator (seed, step, 0): the model's forward asks for it too, and it must not shift the examples."""
+        """CLEX: the scaling factor t ~ U{1..max_factor} of a whole step (one ODE solve per forward; the model reads
+        it back from the positions), from its own generator (seed, step, 0), so that it shifts no other draw."""
         return int(np.random.default_rng([self.seed, step, 0]).integers(1, self.clex_max_factor + 1))
 
     def mix_at(self, step):

@@ -20,7 +20,7 @@ from torch.utils.checkpoint import checkpoint
 
 from chunked_loss import ChunkedCrossEntropy
 from clex import CLEX, check_clex
-from rope import ROPE_TYPES, apply_rope, cos_sin, rope_from_config, rope_from_hf
+from rope import ROPE_TYPES, apply_rope, cos_sin, original_len, rope_from_config, rope_from_hf
 
 IGNORE_INDEX = -100  # label value that is not scored (transformers' convention)
 
@@ -62,8 +62,8 @@ class LlamaConfig:
 
     @property
     def original_len(self):
-        """L0, the pretraining window: original_max_position_embeddings of a scaled checkpoint, else max_position_embeddings."""
-        return (self.rope_scaling or {}).get("original_max_position_embeddings", self.max_position_embeddings)
+        """L0 (rope.original_len)."""
+        return original_len(self)
 
     @classmethod
     def from_hf(cls, hf: dict, source="config.json"):
@@ -234,13 +234,10 @@ class Llama(nn.Module):
     def output_weight(self):
         return self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
 
-    def rope(self, position_ids, scale_t=None, kv_cache=None):
+    def rope(self, position_ids, kv_cache=None):
         """cos, sin [B, T, D] fp32 for these positions, computed once and shared by every block."""
-        if hasattr(self, "clex_layer"):  # learned frequencies (clex.py)
-            return self.clex_layer.cos_sin(self.config, position_ids, scale_t, kv_cache)
-        if scale_t is not None:
-            kind = (self.config.rope_scaling or {}).get("rope_type", "default")
-            raise ValueError(f"scale_t is CLEX's training factor; this model's rope_type is {kind!r}")
+        if hasattr(self, "clex_layer"):  # learned frequencies (clex.py), which also depend on the input's reach
+            return self.clex_layer.cos_sin(self.config, position_ids, kv_cache)
         if (self.config.rope_scaling or {}).get("rope_type") in ("dynamic", "longrope"):  # these depend on how far
             inv_freq, mscale = rope_from_config(self.config, int(position_ids.max()) + 1)  # the input reaches
             return cos_sin(inv_freq, position_ids, mscale)
@@ -250,19 +247,17 @@ class Llama(nn.Module):
             self._rope_table = (key, inv_freq.to(position_ids.device), mscale)
         return cos_sin(self._rope_table[1], position_ids, self._rope_table[2])
 
-    def forward(self, input_ids, position_ids=None, labels=None, kv_cache=None, reduction="mean", logits_to_keep=0,
-                scale_t=None):
+    def forward(self, input_ids, position_ids=None, labels=None, kv_cache=None, reduction="mean", logits_to_keep=0):
         """input_ids [B, T]; position_ids [B, T] or [T], any numbers (default: continue after the cache). Without
         labels: logits [B, T, V], or of the last `logits_to_keep` tokens (decoding a 32k prompt needs one row). With
-        labels [B, T] (-100 = not scored): the next-token loss, "mean" or "sum" over scored tokens. scale_t: CLEX's
-        training factor (clex.py)."""
+        labels [B, T] (-100 = not scored): the next-token loss, "mean" or "sum" over scored tokens."""
         B, T = input_ids.shape
         if position_ids is None:
             past = kv_cache.length if kv_cache is not None else 0
             position_ids = torch.arange(past, past + T, device=input_ids.device)
         if position_ids.dim() == 1:
             position_ids = position_ids.expand(B, T)
-        cos, sin = self.rope(position_ids, scale_t, kv_cache)
+        cos, sin = self.rope(position_ids, kv_cache)
         x = self.embed_tokens(input_ids)  # (B, T, C)
         for block in self.layers:
             if self.activation_checkpointing and torch.is_grad_enabled():

@@ -19,6 +19,11 @@ import torch
 ROPE_TYPES = ("default", "linear", "ntk", "dynamic", "yarn", "yarn_original", "llama3", "longrope", "clex")
 
 
+def original_len(config):
+    """L0, the pretraining window: original_max_position_embeddings of a scaled checkpoint, else max_position_embeddings."""
+    return (config.rope_scaling or {}).get("original_max_position_embeddings", config.max_position_embeddings)
+
+
 def default_inv_freq(head_dim, base):
     """theta_j = base^(-2j/d), j = 0..d/2-1 (RoFormer Eq. 15). fp32, as transformers computes it."""
     return 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
@@ -109,7 +114,7 @@ def rope_from_config(config, seq_len=None):
     d, base, rs = config.head_dim, config.rope_theta, config.rope_scaling or {}
     kind = rs.get("rope_type", "default")
     s = rs.get("factor", 1.0)
-    L0 = rs.get("original_max_position_embeddings", config.max_position_embeddings)
+    L0 = original_len(config)
     if kind == "default":
         return default_inv_freq(d, base), 1.0
     if kind == "linear":

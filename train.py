@@ -41,13 +41,6 @@ seq_len = args.target_len if args.method == "full" else args.train_len
 eval_len = args.train_len if args.method == "plain" else args.target_len
 if args.target_len <= args.train_len and args.method != "plain":
     parser.error(f"--target-len {args.target_len} must be greater than --train-len {args.train_len}: PoSE extends the window")
-if args.method == "cream" and args.target_len % args.train_len:
-    parser.error(f"--method cream: --target-len {args.target_len} must be a multiple of --train-len {args.train_len}")
-if args.method == "cream" and args.train_len <= 8 * (args.target_len // args.train_len):
-    parser.error(f"--method cream: --train-len {args.train_len} leaves no middle between its continuity head and tail of "
-                 f"4 x {args.target_len // args.train_len} tokens each")
-if args.method == "cream" and not args.cream_sigma > 0:
-    parser.error(f"--cream-sigma must be > 0, got {args.cream_sigma}")
 if not 1 <= args.num_chunks <= args.train_len:
     parser.error(f"--num-chunks must be in 1..{args.train_len}, got {args.num_chunks}")
 if args.global_batch % (world_size * args.micro_batch):
@@ -291,8 +284,7 @@ while True:
         # FSDP reduce-scatters every micro-step: skipping it would keep full unsharded fp32 grads on every rank
         x, pos, labels = get_batch(step, micro_step)
         with autocast:
-            clex = dict(scale_t=examples.clex_factor(step)) if args.method == "clex" else {}
-            loss = model(x, position_ids=pos, labels=labels, **clex) / grad_accum  # labels: the inputs (-100: unscored), shifted inside
+            loss = model(x, position_ids=pos, labels=labels) / grad_accum  # labels: the inputs (-100: unscored), shifted inside
         loss_sum += loss.detach()
         (scaler.scale(loss) if scaler else loss).backward()
     if scaler:

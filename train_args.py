@@ -72,4 +72,11 @@ def parse_args(doc):
         args = parser.parse_args()
     if args.config:
         args.init_from = None
+    if args.method == "cream" and args.target_len % args.train_len:
+        parser.error(f"--method cream: --target-len {args.target_len} must be a multiple of --train-len {args.train_len}")
+    if args.method == "cream" and args.train_len <= 8 * (args.target_len // args.train_len):
+        parser.error(f"--method cream: --train-len {args.train_len} leaves no middle between its continuity head and tail "
+                     f"of 4 x {args.target_len // args.train_len} tokens each")
+    if args.method == "cream" and not args.cream_sigma > 0:
+        parser.error(f"--cream-sigma must be > 0, got {args.cream_sigma}")
     return parser, args

@@ -62,12 +62,12 @@ def test_gradients_reach_w_up_and_w_down_through_the_solver():
     model = tiny_clex().train()
     ids = torch.randint(0, 97, (2, 12))
     _, pos = sample_clex(range(100), 12, 3, L0, rng=random.Random(0))
-    model(ids, pos, labels=ids, scale_t=3).backward()
+    model(ids, pos, labels=ids).backward()  # positions up to 3 x 12 - 1: t = 3
     for name in ("ode_up_proj", "ode_down_proj"):
         g = model.clex_layer.proj_func[name].grad
         assert g is not None and torch.isfinite(g).all() and g.abs().sum() > 0, name
     model.zero_grad()
-    model(ids, pos, labels=ids, scale_t=1).backward()  # t = 1 is plain RoPE: the ODE is not used
+    model(ids, torch.arange(12), labels=ids).backward()  # t = 1 is plain RoPE: the ODE is not used
     assert model.clex_layer.proj_func.ode_up_proj.grad is None
 
 
@@ -95,13 +95,23 @@ def test_inference_picks_t(seq_len, t):
     assert torch.equal(cos, ref_cos) and torch.equal(sin, ref_sin)
 
 
-def test_scale_t_errors():
-    model = tiny_clex()
-    ids = torch.randint(0, 97, (1, 8))
+@pytest.mark.parametrize("t", [1, 2, 3, 4])
+def test_training_positions_give_the_steps_t(t):
+    """train.py passes no factor: a sample_clex window (Lc = L0) ends at position Lc * t - 1, which gives back t."""
+    model = tiny_clex().train()
+    _, pos = sample_clex(range(200), L0, t, L0, rng=random.Random(t))
+    cos, sin = model.rope(pos[None])  # with grad: the ODE solved up to t
+    with torch.no_grad():
+        ref_cos, ref_sin = cos_sin(model.clex_layer(model.config, t), pos[None])  # from the cached grid 1..max_factor
+    torch.testing.assert_close((cos.detach(), sin.detach()), (ref_cos, ref_sin), rtol=0, atol=0)
+    if t < 4:
+        other, _ = cos_sin(model.clex_layer(model.config, t + 1).detach(), pos[None])
+        assert not torch.allclose(cos.detach(), other)
+
+
+def test_t_out_of_range():
     with pytest.raises(ValueError, match=r"t must be an integer in 1..max_factor=4, got 5"):
-        model(ids, scale_t=5)
-    with pytest.raises(ValueError, match="scale_t is CLEX's training factor; this model's rope_type is 'default'"):
-        Llama(LlamaConfig(**TINY))(ids, scale_t=2)
+        tiny_clex().clex_layer(tiny_clex().config, 5)
 
 
 @pytest.mark.parametrize("train_len,t,original_len", [(32, 1, 32), (32, 3, 32), (32, 4, 64), (64, 2, 16), (48, 5, 16)])
@@ -212,7 +222,7 @@ def test_kv_cache_decoding_keeps_the_prompts_t():
     from model import KVCache
     model = tiny_clex()
     ids = torch.randint(0, 97, (1, 36))
-    full = model(ids, scale_t=2)
+    full = tiny_clex(max_factor=2)(ids)  # the same weights, t = min(ceil(36 / 16), 2) = 2 throughout
     cache = KVCache(model.config, 1, 36)
     steps = [model(ids[:, :30], kv_cache=cache)] + [model(ids[:, i:i + 1], kv_cache=cache) for i in range(30, 36)]
     torch.testing.assert_close(torch.cat(steps, 1), full, rtol=1e-4, atol=1e-4)

@@ -12,8 +12,8 @@ BASE = dict(vocab_size=97, hidden_size=64, intermediate_size=96, num_hidden_laye
 ROPES = {"default": None, "linear": {"rope_type": "linear", "factor": 4.0},
          "yarn": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64},
          "llama3": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-                    "original_max_position_embeddings": 32},
-         "clex": {"rope_type": "clex", "max_factor": 4, "original_max_position_embeddings": 32}}
+                    "original_max_position_embeddings": 32}}
+# Not here: dynamic, longrope and CLEX, whose frequencies depend on how far the input reaches (one host read each).
 
 
 @pytest.mark.parametrize("rope", list(ROPES))
@@ -23,8 +23,7 @@ def test_training_step_reads_nothing_back_from_the_device(rope):
         ids = torch.randint(0, 97, (2, 40))
         pos = torch.arange(40).expand(2, 40)
     labels = ids.clone()  # tasks.py's windows carry -100 labels; on meta nobody can look
-    clex = dict(scale_t=3) if rope == "clex" else {}
-    loss = model(ids, position_ids=pos, labels=labels, **clex)
+    loss = model(ids, position_ids=pos, labels=labels)
     loss.backward()
     assert loss.device.type == "meta" and model.embed_tokens.weight.grad is not None
 

@@ -6,6 +6,7 @@
 # From the repo root:
 #   nohup sh results/retention/campaign.sh free > logs/retention_free.log 2>&1 &    # base + yarn x4 (no training)
 #   nohup sh results/retention/campaign.sh all > logs/retention_all.log 2>&1 &      # + retrain and evaluate PoSE/control
+#   sh results/retention/campaign.sh train pose; sh results/retention/campaign.sh train control   # one lane, in turn
 #   .venv/bin/python results/retention/report.py                                   # table, paired tests, plot
 # LIMIT (default 800) items per task, the first LIMIT of eval_tasks.py's seeded permutation (seed 1234): the same
 # items for every model. Restartable: eval_tasks.py continues a stopped run from its JSON (a larger LIMIT continues
@@ -50,9 +51,9 @@ free)  # training-free rows: the base and yarn x4
   evaluate base --model $M &
   evaluate yarn4_free --model $M --rope yarn --factor 4 &
   wait ;;
-train)
+train)  # both side by side; `train pose` or `train control` trains one
   setup; data
-  train pose 2 & train control 1 & wait ;;
+  case "$2" in pose) train pose 2 ;; control) train control 1 ;; *) train pose 2 & train control 1 & wait ;; esac ;;
 finetuned)  # the fine-tunes' saved config carries their yarn x4 scaling
   evaluate pose --model out/smol32k-pose/hf &
   evaluate control --model out/smol32k-control/hf &
