@@ -7,6 +7,8 @@
 #   nohup sh results/retention/campaign.sh free > logs/retention_free.log 2>&1 &    # base + yarn x4 (no training)
 #   nohup sh results/retention/campaign.sh all > logs/retention_all.log 2>&1 &      # + retrain and evaluate PoSE/control
 #   sh results/retention/campaign.sh train pose; sh results/retention/campaign.sh train control   # one lane, in turn
+#   (free, train and finetuned each take one of the two models as a second argument: free base|yarn4, train and
+#   finetuned pose|control)
 #   .venv/bin/python results/retention/report.py                                   # table, paired tests, plot
 # LIMIT (default 800) items per task, the first LIMIT of eval_tasks.py's seeded permutation (seed 1234): the same
 # items for every model. Restartable: eval_tasks.py continues a stopped run from its JSON (a larger LIMIT continues
@@ -46,17 +48,17 @@ train() {  # $1 = pose|control, $2 = --num-chunks: the 32k campaign's exact comm
   [ -f $O/train_$1.jsonl ] || cp out/smol32k-$1/log.jsonl $O/train_$1.jsonl  # to compare with the 32k run's losses
 }
 case "$1" in
-free)  # training-free rows: the base and yarn x4
+free)  # training-free rows: the base and yarn x4 (side by side; `free base` or `free yarn4` runs one)
   setup
-  evaluate base --model $M &
-  evaluate yarn4_free --model $M --rope yarn --factor 4 &
+  [ "$2" = yarn4 ] || evaluate base --model $M &
+  [ "$2" = base ] || evaluate yarn4_free --model $M --rope yarn --factor 4 &
   wait ;;
 train)  # both side by side; `train pose` or `train control` trains one
   setup; data
   case "$2" in pose) train pose 2 ;; control) train control 1 ;; *) train pose 2 & train control 1 & wait ;; esac ;;
-finetuned)  # the fine-tunes' saved config carries their yarn x4 scaling
-  evaluate pose --model out/smol32k-pose/hf &
-  evaluate control --model out/smol32k-control/hf &
+finetuned)  # the fine-tunes' saved config carries their yarn x4 scaling (`finetuned pose` or `control`: one)
+  [ "$2" = control ] || evaluate pose --model out/smol32k-pose/hf &
+  [ "$2" = pose ] || evaluate control --model out/smol32k-control/hf &
   wait ;;
 all)
   sh $0 free && sh $0 train && sh $0 finetuned ;;

@@ -82,11 +82,12 @@ def coverage(method):
 
 def copy_errors(cell):
     """{length: the answer's per-digit accuracy (5-digit keys) and what its wrong digits are}: the key's digit
-    before (the copy repeated a step), after (it skipped one), either (the two are equal), or another digit."""
+    before (the copy repeated a step), after (it skipped one), either (the two are equal), another, or missing."""
     res = {}
     for f in sorted(Path(args.work_dir, "eval").glob(f"{cell}-seed*-step200.passkey.json")):
         for t in json.loads(f.read_text())["trials"]:
-            r = res.setdefault(t["length"], dict(trials=0, digit_right=[0] * 5, repeat=0, skip=0, either=0, other=0))
+            r = res.setdefault(t["length"], dict(trials=0, digit_right=[0] * 5, repeat=0, skip=0, either=0, other=0,
+                                                      missing=0))
             key, found = str(t["key"]), re.search(r"\d+", t["output"])
             out = (found.group() if found else "").ljust(5, "?")
             r["trials"] += 1
@@ -95,7 +96,8 @@ def copy_errors(cell):
                     r["digit_right"][i] += 1
                     continue
                 repeat, skip = i > 0 and out[i] == key[i - 1], i < 4 and out[i] == key[i + 1]
-                r["either" if repeat and skip else "repeat" if repeat else "skip" if skip else "other"] += 1
+                r["missing" if out[i] == "?" else "either" if repeat and skip else "repeat" if repeat else "skip" if skip
+                  else "other"] += 1
     return dict(sorted(res.items()))
 
 
@@ -121,11 +123,11 @@ for cell, r in out["cells"].items():
     for L in (LT, LT * 3 // 2):
         c = r["copy"].get(L)
         if c:
-            wrong = c["repeat"] + c["skip"] + c["either"] + c["other"]
+            wrong = c["repeat"] + c["skip"] + c["either"] + c["other"] + c["missing"]
             digits = " / ".join(f"{x / c['trials']:.2f}" for x in c["digit_right"])
             print(f"copy at {L}: per-digit accuracy {digits}; "
                   f"of {wrong} wrong digits, the key's previous digit {c['repeat']}, its next {c['skip']}, either "
-                  f"{c['either']}, another {c['other']}")
+                  f"{c['either']}, another {c['other']}, none (a shorter answer) {c['missing']}")
 Path(args.out).write_text(json.dumps(out, indent=1))
 
 import matplotlib  # noqa: E402
