@@ -20,6 +20,7 @@ prompts of equal length. Long prompts are prefilled in 4k pieces with a progress
 Repeatable: trials at L draw from seed (--seed, L).
 """
 import argparse
+import json
 import re
 import sys
 import time
@@ -107,7 +108,14 @@ def main(argv=None):
     add("--max-new-tokens", type=int, default=10, help="greedy tokens generated (default: %(default)s)")
     add("--reuse", nargs="+", default=[], help="JSON of earlier runs with the same model, rope, factor, dtype, seed and "
         "--max-new-tokens: their trials are taken, only the missing ones run (e.g. more --trials; default: none)")
+    add("--resume", action="store_true", help="continue the --out file of a stopped run (as --reuse), or do nothing "
+        "if it is complete (default: off)")
     args = parser.parse_args(argv)
+    if args.resume and args.out and Path(args.out).exists():
+        if json.loads(Path(args.out).read_text())["settings"].get("complete"):
+            print(f"{args.out} is complete: nothing to do (--resume)")
+            return json.loads(Path(args.out).read_text())["results"]
+        args.reuse.append(args.out)
     resolve_device_args(parser, args)
     lengths = parse_lengths(args.len)
     known = {}  # (length, depth, key) -> trial record

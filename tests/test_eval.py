@@ -341,7 +341,8 @@ def test_passkey_stopped_run_keeps_finished_lengths(tiny_dir, tmp_path, monkeypa
 
 
 def test_passkey_stopped_run_keeps_finished_trials(tiny_dir, tmp_path, monkeypatch, capsys):
-    """Stopped inside a length (a 32k trial takes minutes), the JSON keeps every finished trial; --reuse goes on."""
+    """Stopped inside a length (a 32k trial takes minutes), the JSON keeps every finished trial; --resume goes on,
+    and once the run is complete, does nothing."""
     out, real, calls = tmp_path / "pk.json", eval_passkey.greedy, []
     def stop_at_third(*a, **k):
         calls.append(1)
@@ -356,10 +357,13 @@ def test_passkey_stopped_run_keeps_finished_trials(tiny_dir, tmp_path, monkeypat
     assert partial["settings"]["complete"] is False and len(partial["trials"]) == 2 and partial["results"] == []
     monkeypatch.setattr(eval_passkey, "greedy", real)
     capsys.readouterr()
-    eval_passkey.main([*argv, "--reuse", str(out), "--out", str(out)])
+    eval_passkey.main([*argv, "--resume", "--out", str(out)])
     assert capsys.readouterr().out.count(" trial ") == 2  # only the two missing ones ran
     done = json.loads(out.read_text())
     assert done["settings"]["complete"] is True and done["results"][0]["trials"] == 4
+    monkeypatch.setattr(eval_passkey, "load", lambda *a: pytest.fail("a complete --out is not run again"))
+    assert eval_passkey.main([*argv, "--resume", "--out", str(out)]) == done["results"]
+    assert "complete: nothing to do" in capsys.readouterr().out and json.loads(out.read_text()) == done
 
 
 def test_length_table_rows_columns_and_gaps(capsys):

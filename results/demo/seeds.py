@@ -38,7 +38,7 @@ if not (demo / "base" / "hf" / "config.json").exists():
 
 
 def run(cmd, log):
-    with open(log, "w") as f:
+    with open(log, "a") as f:  # a rerun adds to the log (e.g. "complete: nothing to do")
         if subprocess.run([sys.executable, *map(str, cmd)], stdout=f, stderr=subprocess.STDOUT,
                           env=dict(os.environ, OMP_NUM_THREADS="1")).returncode:
             sys.exit(f"error: {' '.join(map(str, cmd))} failed; see {log}")
@@ -57,9 +57,8 @@ def job(variant, seed):
              "--eval-every", 0, "--ckpt-every", FT["steps"], "--seed", seed, "--mix", "copy=0.1,passkey=0.45,text=0.45",
              "--init-from", demo / "base" / "hf", *skips], f"{out}.train.log")
     pk = work / f"{variant}-s{seed}.passkey.json"
-    if not (pk.exists() and json.loads(pk.read_text())["settings"]["complete"]):  # a stopped one: keep its trials
-        run(["eval_passkey.py", "--model", out / "hf", "--len", *settings["lengths"], "--threads", 1,
-             "--trials", settings["trials"], "--out", pk, *(["--reuse", pk] if pk.exists() else [])], f"{out}.passkey.log")
+    run(["eval_passkey.py", "--model", out / "hf", "--len", *settings["lengths"], "--threads", 1,
+         "--trials", settings["trials"], "--out", pk, "--resume"], f"{out}.passkey.log")
     trials = json.loads(pk.read_text())["trials"]
     print(f"  {variant} seed {seed}: done", flush=True)
     return variant, seed, trials

@@ -93,7 +93,7 @@ def name(c, seed=None):
 
 def run(cmd, log):
     log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "w") as f:
+    with open(log, "a") as f:  # a rerun adds to the log (e.g. "complete: nothing to do")
         if subprocess.run([PY, *map(str, cmd)], stdout=f, stderr=subprocess.STDOUT, cwd=ROOT,
                           env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")).returncode:
             raise RuntimeError(f"{' '.join(map(str, cmd))} failed; see {log}")
@@ -213,16 +213,11 @@ def segment_loss(model_dir, max_len):
                 loss=[round(nll[i:i + LC].mean().item(), 5) for i in range(0, max_len - 1, LC)])
 
 
-def complete(pk):
-    return pk.exists() and json.loads(pk.read_text())["settings"].get("complete", False)
-
-
 def evaluate(c, seed, step, model_dir):
     tag = f"{name(c, seed)}-step{step}"
     pk, seg = work / "eval" / f"{tag}.passkey.json", work / "eval" / f"{tag}.segments.json"
-    if not complete(pk):  # a stopped evaluation's partial JSON: its finished trials are kept (--reuse)
-        run(["eval_passkey.py", "--model", model_dir, "--len", *lengths(c), "--threads", 1, "--trials", args.trials,
-             "--out", pk, *(["--reuse", pk] if pk.exists() else [])], work / "logs" / f"{tag}.passkey.log")
+    run(["eval_passkey.py", "--model", model_dir, "--len", *lengths(c), "--threads", 1, "--trials", args.trials,
+         "--out", pk, "--resume"], work / "logs" / f"{tag}.passkey.log")
     if not seg.exists():
         seg.parent.mkdir(parents=True, exist_ok=True)
         tmp = seg.with_suffix(".tmp")
