@@ -98,14 +98,16 @@ def train(name, c, *flags, skip=1, torchrun=False):
     cmd = ["timeout", "-k", "30", str(args.timeout), sys.executable, *launch, "train.py", "--config", str(work / f"{name}.json"),
            "--data", str(work / "plays"), "--out-dir", str(work / name), "--eval-every", "0", "--device", dev.split(":")[0],
            "--dtype", dtype_name, *map(str, flags)]
-    log = out / "logs" / f"{name}{'_resumed' if '--resume' in flags else ''}.log"
+    log, logged = out / "logs" / f"{name}{'_resumed' if '--resume' in flags else ''}.log", work / name / "log.jsonl"
     with open(log, "w") as f:
-        rc = subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT).returncode
-    if rc:  # 124: over --timeout
+        p, wanted = subprocess.Popen(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT), flags[flags.index("--max-steps") + 1]
+        while not torchrun and p.poll() is None and not (logged.exists() and logged.read_text().count('"loss"') >= wanted):
+            time.sleep(0.5)  # the torchrun runs end by themselves: their checkpoints and exports are checked
+        stopped = not torchrun and p.poll() is None and not p.terminate()  # logged: no 17 GB checkpoint, no export
+        rc = p.wait()
+    if rc and not stopped:  # 124: over --timeout
         raise RuntimeError(f"train.py {name} exited {rc}: " + " | ".join(log.read_text().strip().splitlines()[-3:])[-600:])
-    steps = [r for r in map(json.loads, (work / name / "log.jsonl").read_text().splitlines()) if "loss" in r]
-    if not torchrun:  # its ckpt.pt and hf/ (~17 GB at 1.1B); the small torchrun runs' are checked and go at the end
-        shutil.rmtree(work / name)
+    steps = [r for r in map(json.loads, logged.read_text().splitlines()) if "loss" in r]
     return dict(tokens_per_s=statistics.median(r["tokens_per_s"] for r in steps[skip:]), first_step_s=steps[0]["step_time"],
                 step_s=statistics.median(r["step_time"] for r in steps[skip:]), losses=[r["loss"] for r in steps],
                 peak_mem_gb=max(r["peak_mem_gb"] for r in steps))
@@ -118,8 +120,7 @@ def part_exactness(res):
     cfg = transformers.LlamaConfig(**c, max_position_embeddings=S["lc"], initializer_range=1.6 / c["hidden_size"] ** 0.5,
                                    rope_parameters={"rope_type": "linear", "factor": 8.0, "rope_theta": 10000.0})
     torch.manual_seed(0)  # std 1.6 / sqrt(hidden): attention scores of std ~10, so that the logits depend on the positions
-    with torch.device(dev):
-        hf = transformers.LlamaForCausalLM(cfg)
+    hf = transformers.LlamaForCausalLM(cfg).to(dev)
     for name, p in hf.named_parameters():  # random norms, so that a swapped or ignored one shows
         if "norm" in name:
             p.copy_(1 + 0.3 * torch.randn_like(p))
@@ -201,8 +202,7 @@ def part_inference(res):
         cache = PrefixCache(model.config, 1, max(len(a), len(b)) + 32, dev, AMP)
         run = lambda ids, start, new=1: greedy(model, ids, cache, start, new, eos_id=None)  # prefill ids[start:], `new` tokens
         run(a[:256], 0)  # kernels warm
-        if cuda:
-            torch.cuda.reset_peak_memory_stats()
+        torch.cuda.reset_peak_memory_stats() if cuda else None
         (nxt,), prefill = timed(lambda: run(a, 0))
         decode = timed(lambda: run(a + [nxt], len(a), 16))[1] / 16  # 16 steps of one token
         shared = shared_prefix(model, b, a)
