@@ -56,14 +56,6 @@ if not all(os.path.isfile(args.data + ext) for ext in (".bin", ".idx.npy", ".jso
 ckpt_path = os.path.join(args.out_dir, "ckpt.pt")
 if args.resume and not os.path.isfile(ckpt_path):
     parser.error(f"--resume: {ckpt_path} not found (is --out-dir right?)")
-try:
-    from tasks import parse_mix  # numpy only
-    mixes = {0: parse_mix(args.mix)}
-    if args.mix_from:
-        switch, _, late = args.mix_from.partition(":")
-        mixes[int(switch)] = parse_mix(late)
-except ValueError as e:
-    parser.error(f"--mix / --mix-from {args.mix_from or ''}: {e}")
 if args.config and args.config != "tiny" and not os.path.isfile(args.config):
     parser.error(f"--config {args.config}: no such file (use 'tiny' or a config.json path)")
 
@@ -107,7 +99,7 @@ if len(train_ids) == 0:
     sys.exit(f"error: {args.data} has no training document of >= {seq_len} tokens (after holding out {len(eval_ids)} for eval)")
 print0(f"data: {len(train_ids):,} training documents of >= {seq_len} tokens, {len(eval_ids)} held out for eval at {eval_len}")
 passkey_window = None
-if any("passkey" in mix for mix in mixes.values()):  # passkey windows are built with the data's own tokenizer
+if any("passkey" in mix for mix in args.mixes.values()):  # passkey windows are built with the data's own tokenizer
     from tokenizer import load_tokenizer
     try:
         passkey_window = PasskeyWindows(load_tokenizer(data.meta["tokenizer"]))
@@ -161,7 +153,7 @@ if ddp:
     dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
 
 # example e of the run: the same for any number of ranks and after a resume (examples.py)
-examples = Examples(data, train_ids, mixes, method=args.method, seq_len=seq_len, train_len=args.train_len,
+examples = Examples(data, train_ids, args.mixes, method=args.method, seq_len=seq_len, train_len=args.train_len,
                     target_len=args.target_len, num_chunks=args.num_chunks, seed=args.seed, global_batch=args.global_batch,
                     cream_sigma=args.cream_sigma, clex_max_factor=rope.get("max_factor"), gap_warmup=args.gap_warmup,
                     passkey_window=passkey_window)

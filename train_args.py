@@ -1,5 +1,5 @@
-"""train.py's command line: the presets and every flag with its default (the paper's main run). Imports nothing
-but argparse, so that a typo in a flag fails before torch loads."""
+"""train.py's command line: the presets and every flag with its default (the paper's main run), and the checks of
+what flags say together. Imports nothing but argparse before the flags are parsed, so that a typo fails at once."""
 import argparse
 
 PRESETS = {  # each sets defaults; flags given on the command line still win
@@ -72,6 +72,14 @@ def parse_args(doc):
         args = parser.parse_args()
     if args.config:
         args.init_from = None
+    try:  # {first step: {task: weight}}: --mix from step 0, --mix-from's from its step
+        from tasks import parse_mix
+        args.mixes = {0: parse_mix(args.mix)}
+        if args.mix_from:
+            switch, _, late = args.mix_from.partition(":")
+            args.mixes[int(switch)] = parse_mix(late)
+    except ValueError as e:
+        parser.error(f"--mix / --mix-from {args.mix_from or ''}: {e}")
     if args.method == "cream" and args.target_len % args.train_len:
         parser.error(f"--method cream: --target-len {args.target_len} must be a multiple of --train-len {args.train_len}")
     if args.method == "cream" and args.train_len <= 8 * (args.target_len // args.train_len):
