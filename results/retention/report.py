@@ -67,6 +67,11 @@ def main(folder=HERE):
     if "base" not in runs:
         sys.exit(f"{folder}/tasks_base.json: missing; run results/retention/campaign.sh free first")
     tasks = [t for t in TASKS if t in runs["base"]["items"]]
+    # every table on the items that every model has finished (the runs may stop at different --limit)
+    common = {t: set.intersection(*({r["id"] for r in run["items"].get(t, [])} for run in runs.values())) for t in tasks}
+    for run in runs.values():
+        run["items"] = {t: [r for r in run["items"].get(t, []) if r["id"] in common[t]] for t in tasks}
+    print("items per task, common to " + ", ".join(runs) + ": " + ", ".join(f"{t} {len(common[t])}" for t in tasks))
     pct = lambda x: f"{100 * x:.1f}"
     print("\n## Accuracy (%, 95% Wilson interval; acc_norm for HellaSwag, PIQA, ARC, else acc; LAMBADA also perplexity)\n")
     print("| model | " + " | ".join(tasks) + " |\n|---|" + "---|" * len(tasks))
@@ -85,21 +90,29 @@ def main(folder=HERE):
                 cell += f"; ppl {math.exp(-sum(r['ll'][0] for r in rs) / n):.1f}"
             cells.append(cell)
         print(f"| {ROWS[k]}{'' if run.get('complete') else ' (partial)'} | " + " | ".join(cells) + " |")
-    print("\n## Paired difference from the base on the same items (points; 95% interval; +gained/-lost; McNemar p)\n")
+    print("\n## Paired differences on the same items (points; 95% interval; +gained/-lost; McNemar p)\n")
     print("| model | " + " | ".join(tasks) + " | mean over tasks |\n|---|" + "---|" * (len(tasks) + 1))
-    for k, run in runs.items():
-        if k == "base":
-            continue
+    pairs = [(k, "base") for k in runs if k != "base"] + [("pose", "control")] * ("pose" in runs and "control" in runs)
+    for k, ref in pairs:
         cells, means = [], []
         for t in tasks:
-            p = paired(runs["base"]["items"].get(t, []), run["items"].get(t, []), metric(t))
+            p = paired(runs[ref]["items"].get(t, []), runs[k]["items"].get(t, []), metric(t))
             if p is None:
                 cells.append("-")
                 continue
             n, mean, (lo, hi), g, l, pv = p
             means.append(mean)
             cells.append(f"{100 * mean:+.1f} ({100 * lo:+.1f}, {100 * hi:+.1f}) +{g}/-{l} p={pv:.2g}")
-        print(f"| {ROWS[k]} | " + " | ".join(cells) + f" | {100 * sum(means) / len(means):+.1f} |" if means else "")
+        print(f"| {ROWS[k]} − {ref} | " + " | ".join(cells) + f" | {100 * sum(means) / len(means):+.1f} |" if means else "")
+    if "lambada" in tasks:  # the word's log-likelihood, paired: a finer measure than the greedy word's accuracy
+        print("\nLAMBADA, mean change of the last word's log-likelihood (nats, 95% normal interval, same passages):")
+        for k, ref in pairs:
+            b = {r["id"]: r["ll"][0] for r in runs[ref]["items"]["lambada"]}
+            d = [r["ll"][0] - b[r["id"]] for r in runs[k]["items"]["lambada"]]
+            if len(d) > 1:
+                mean = sum(d) / len(d)
+                half = 1.96 * math.sqrt(sum((x - mean) ** 2 for x in d) / (len(d) - 1) / len(d))
+                print(f"  {ROWS[k]} − {ref}: {mean:+.3f} ({mean - half:+.3f}, {mean + half:+.3f}), n = {len(d)}")
     plot(runs, tasks, folder)
 
 
