@@ -20,6 +20,7 @@ Macbeth in windows of 2 Lt tokens (one causal pass per window, so the segment at
 
     python results/skips/study.py                                   # after make demo (its base: out/demo/base/hf)
     python results/skips/study.py --groups method ratio8            # some groups only
+    python results/skips/study.py --groups ratio16 --methods pose2 noskip   # some methods only
     python results/skips/study.py --report-only                     # tables, JSON and figures from what is done
     python results/skips/study.py --quick --work-dir /tmp/sk        # a smoke run of every code path (meaningless)
 
@@ -70,6 +71,7 @@ parser.add_argument("--demo-dir", default="out/demo", help="a finished make demo
 parser.add_argument("--work-dir", default="out/skips", help="models, evaluations, logs (default: %(default)s)")
 parser.add_argument("--out", default="results/skips/skips.json", help="summary JSON; figures beside it (default: %(default)s)")
 parser.add_argument("--groups", nargs="+", default=list(GROUPS), choices=list(GROUPS), help="(default: all, in this order)")
+parser.add_argument("--methods", nargs="+", choices=list(METHOD_FLAGS), help="only these methods' cells (default: all)")
 parser.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS), help="fine-tuning seeds (default: %(default)s)")
 parser.add_argument("--trials", type=int, default=200, help="passkey trials per length (default: %(default)s)")
 parser.add_argument("--workers", type=int, default=2, help="one-thread jobs side by side (default: %(default)s)")
@@ -375,7 +377,8 @@ def plots(table, out):
 
 
 if not args.report_only:
-    cells = [(c, seed) for g in args.groups for c in GROUPS[g] for seed in args.seeds]
+    cells = [(c, seed) for g in args.groups for c in GROUPS[g] for seed in args.seeds
+             if not args.methods or c["method"] in args.methods]
     print(f"{len(cells)} fine-tunes ({', '.join(args.groups)}) x seeds {args.seeds}, {args.workers} one-thread jobs at once")
     with ThreadPoolExecutor(args.workers) as pool:
         list(pool.map(lambda cs: job(*cs), cells))
