@@ -267,8 +267,15 @@ def collect():
                                                      for d in (0.1, 0.3, 0.5, 0.7, 0.9)},
                                      by_distance=binned(pk["trials"], lambda t: (1 - t["depth"]) * t["prompt_tokens"]),
                                      by_key_position=binned(pk["trials"], lambda t: t["depth"] * t["prompt_tokens"]),
-                                     segments=json.loads(seg_file.read_text())["loss"], trials=trials))
+                                     segments=json.loads(seg_file.read_text())["loss"], trials=trials,
+                                     step_s=step_seconds(work / name(c, seed) / "log.jsonl")))
     return runs
+
+
+def step_seconds(log):
+    """The fine-tune's median seconds per optimizer step (train.py's log; None for cells copied from seeds.py)."""
+    times = [r["step_time"] for r in map(json.loads, log.read_text().splitlines()) if "step_time" in r] if log.is_file() else []
+    return sorted(times)[len(times) // 2] if times else None
 
 
 def binned(trials, where):
@@ -301,7 +308,7 @@ def report(runs):
                    at_Lt=stats(r["at_Lt"] for r in mine), at_2Lt=stats(r["at_2Lt"] for r in mine),
                    passkey={L: stats(r["passkey"][L] for r in mine) for L in mine[0]["passkey"]},
                    at_Lt_by_depth={d: stats(r["at_Lt_by_depth"][d] for r in mine) for d in mine[0]["at_Lt_by_depth"]},
-                   segments=[mean(x) for x in zip(*(r["segments"] for r in mine))],
+                   segments=[mean(x) for x in zip(*(r["segments"] for r in mine))], step_s=stats(r["step_s"] for r in mine),
                    by_distance={b: stats(r["by_distance"].get(b, [None])[0] for r in mine) for b in mine[0]["by_distance"]},
                    by_key_position={b: stats(r["by_key_position"].get(b, [None])[0] for r in mine)
                                     for b in mine[0]["by_key_position"]})
@@ -336,12 +343,13 @@ def fmt(st, pm=True):
 
 def print_tables(table):
     print("\n| cell (method-rope-s-steps-data-base) | step | seeds | passkey at Lt | at 2 Lt | − control at Lt (paired) "
-          "| trials won / lost vs control (p) | − full at Lt |\n|---|---:|---:|---:|---:|---:|---:|---:|")
+          "| trials won / lost vs control (p) | − full at Lt | s / step |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in table:
         ctl, full = r.get("minus_noskip"), r.get("minus_full")
         won = f"{ctl['trials_won']} / {ctl['trials_lost']} ({ctl['sign_test_p']:.2g})" if ctl else "—"
         print(f"| {r['name']} | {r['step']} | {len(r['seeds'])} | {fmt(r['at_Lt'])} | {fmt(r['at_2Lt'])} | "
-              f"{fmt(ctl['at_Lt']) if ctl else '—'} | {won} | {fmt(full['at_Lt']) if full else '—'} |")
+              f"{fmt(ctl['at_Lt']) if ctl else '—'} | {won} | {fmt(full['at_Lt']) if full else '—'} | "
+              + (f"{r['step_s']['mean']:.2f} |" if r["step_s"] else "— |"))
 
 
 def plots(table, out):
