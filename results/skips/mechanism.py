@@ -64,7 +64,7 @@ def retrieval_grid(cell):
 
 def coverage(method):
     """Shares of training tokens by absolute position and of causal pairs by distance, in BIN-wide bins up to Lt."""
-    rng, doc = np.random.default_rng(0), torch.arange(5 * LC)
+    rng, doc = np.random.default_rng(0), torch.arange(max(5 * LC, LT))
     pos_hist, dist_hist = np.zeros(LT // BIN), np.zeros(LT // BIN)
     for _ in range(args.windows // (4 if method == "full" else 1)):  # a full-length window holds s x Lc tokens
         if method == "full":

@@ -370,6 +370,7 @@ def plots(table, out):
                          capsize=3, label=m)
     ax1.set(xscale="log", xticks=[4, 8, 16], xticklabels=["4", "8", "16"], xlabel="s = Lt / Lc (Lc = 128)",
             ylabel="passkey accuracy at Lt (mean ± sd over seeds)", ylim=(-0.02, 1.02), title="YaRN, 200 steps")
+    ax1.minorticks_off()  # the log axis's minor labels ("6 x 10^0") say nothing here
     ax1.legend(fontsize=8)
     for m in ("pose2", "noskip", "full"):  # against fine-tuning steps, s = 4
         pts = sorted((r["step"], r["at_Lt"]) for r in table if r["name"] == name(cell(method=m, steps=1000)) and r["at_Lt"])
