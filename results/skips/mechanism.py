@@ -39,6 +39,7 @@ parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
 parser.add_argument("--work-dir", default="out/skips", help="study.py's work dir (default: %(default)s)")
 parser.add_argument("--s", type=int, default=4, help="extension ratio Lt / Lc of the cells (default: %(default)s)")
 parser.add_argument("--cells", nargs="+", help="cell names without seed (default: every method at the demo's point and s)")
+parser.add_argument("--step", type=int, default=200, help="the fine-tunes' step whose evaluations are read (default: %(default)s)")
 parser.add_argument("--windows", type=int, default=4000, help="sampled training windows per method (default: %(default)s)")
 parser.add_argument("--out", default=str(HERE / "mechanism.json"), help="(default: %(default)s)")
 args = parser.parse_args()
@@ -49,7 +50,7 @@ cells = args.cells or [f"{m}-yarn-s{args.s}-200st-mix-demo" for m in METHODS]
 def retrieval_grid(cell):
     """{length: {key-position bin: [correct, trials]}} over every seed's step-200 passkey trials."""
     grid, seeds = defaultdict(lambda: defaultdict(lambda: [0, 0])), []
-    for f in sorted(Path(args.work_dir, "eval").glob(f"{cell}-seed*-step200.passkey.json")):
+    for f in sorted(Path(args.work_dir, "eval").glob(f"{cell}-seed*-step{args.step}.passkey.json")):
         run = json.loads(f.read_text())
         if not run["settings"].get("complete"):
             continue
@@ -84,7 +85,7 @@ def copy_errors(cell):
     """{length: the answer's per-digit accuracy (5-digit keys) and what its wrong digits are}: the key's digit
     before (the copy repeated a step), after (it skipped one), either (the two are equal), another, or missing."""
     res = {}
-    for f in sorted(Path(args.work_dir, "eval").glob(f"{cell}-seed*-step200.passkey.json")):
+    for f in sorted(Path(args.work_dir, "eval").glob(f"{cell}-seed*-step{args.step}.passkey.json")):
         for t in json.loads(f.read_text())["trials"]:
             r = res.setdefault(t["length"], dict(trials=0, digit_right=[0] * 5, repeat=0, skip=0, either=0, other=0,
                                                       missing=0))
@@ -101,7 +102,8 @@ def copy_errors(cell):
     return dict(sorted(res.items()))
 
 
-out = dict(settings=dict(train_len=LC, target_len=LT, bin=BIN, windows=args.windows, work_dir=args.work_dir), cells={})
+out = dict(settings=dict(train_len=LC, target_len=LT, bin=BIN, windows=args.windows, work_dir=args.work_dir, step=args.step),
+           cells={})
 for cell in cells:
     seeds, grid = retrieval_grid(cell)
     method = cell.split("-")[0]
