@@ -361,12 +361,13 @@ def plots(table, out):
         print("matplotlib is not installed: no figures")
         return
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    COLORS = dict(pose2="C0", pose4="C2", noskip="C1", randpos="C3", full="k")  # one colour per method in both panels
     for m in METHOD_FLAGS:  # passkey at Lt against s, the demo point's other settings
         pts = sorted((r["cell"]["s"], r["at_Lt"]) for r in table if r["cell"]["method"] == m and r["step"] == 200
                      and {k: v for k, v in r["cell"].items() if k not in ("s", "method")} ==
                      {k: v for k, v in DEMO_POINT.items() if k not in ("s", "method")} and r["at_Lt"])
         if pts:
-            ax1.errorbar([p[0] for p in pts], [p[1]["mean"] for p in pts], yerr=[p[1]["sd"] for p in pts], marker="o",
+            ax1.errorbar([p[0] for p in pts], [p[1]["mean"] for p in pts], yerr=[p[1]["sd"] for p in pts], marker="o", color=COLORS[m],
                          capsize=3, label=m)
     ax1.set(xscale="log", xticks=[4, 8, 16], xticklabels=["4", "8", "16"], xlabel="s = Lt / Lc (Lc = 128)",
             ylabel="passkey accuracy at Lt (mean ± sd over seeds)", ylim=(-0.02, 1.02), title="YaRN, 200 steps")
@@ -375,7 +376,7 @@ def plots(table, out):
     for m in ("pose2", "noskip", "full"):  # against fine-tuning steps, s = 4
         pts = sorted((r["step"], r["at_Lt"]) for r in table if r["name"] == name(cell(method=m, steps=1000)) and r["at_Lt"])
         if pts:
-            ax2.errorbar([p[0] for p in pts], [p[1]["mean"] for p in pts], yerr=[p[1]["sd"] for p in pts], marker="o",
+            ax2.errorbar([p[0] for p in pts], [p[1]["mean"] for p in pts], yerr=[p[1]["sd"] for p in pts], marker="o", color=COLORS[m],
                          capsize=3, label=m)
     ax2.set(xlabel="fine-tuning step (a 1,000-step cosine schedule)", ylabel="passkey accuracy at Lt = 512",
             ylim=(-0.02, 1.02), title="s = 4, YaRN")
