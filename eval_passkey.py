@@ -112,9 +112,9 @@ def main(argv=None):
         "if it is complete (default: off)")
     args = parser.parse_args(argv)
     if args.resume and args.out and Path(args.out).exists():
-        if json.loads(Path(args.out).read_text())["settings"].get("complete"):
+        if (before := json.loads(Path(args.out).read_text()))["settings"].get("complete"):
             print(f"{args.out} is complete: nothing to do (--resume)")
-            return json.loads(Path(args.out).read_text())["results"]
+            return before["results"]
         args.reuse.append(args.out)
     resolve_device_args(parser, args)
     lengths = parse_lengths(args.len)

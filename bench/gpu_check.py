@@ -103,9 +103,9 @@ def train(name, c, *flags, skip=1, torchrun=False):
         p, wanted = subprocess.Popen(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT), flags[flags.index("--max-steps") + 1]
         while not torchrun and p.poll() is None and not (logged.exists() and logged.read_text().count('"loss"') >= wanted):
             time.sleep(0.5)  # the torchrun runs end by themselves: their checkpoints and exports are checked
-        stopped = not torchrun and p.poll() is None and not p.terminate()  # logged: no 17 GB checkpoint, no export
-        rc = p.wait()
-    if rc and not stopped:  # 124: over --timeout
+        if stopped := not torchrun and p.poll() is None:  # its steps are logged: no 17 GB checkpoint, no export
+            p.terminate()
+    if (rc := p.wait()) and not stopped:  # 124: over --timeout
         raise RuntimeError(f"train.py {name} exited {rc}: " + " | ".join(log.read_text().strip().splitlines()[-3:])[-600:])
     steps = [r for r in map(json.loads, logged.read_text().splitlines()) if "loss" in r]
     return dict(tokens_per_s=statistics.median(r["tokens_per_s"] for r in steps[skip:]), first_step_s=steps[0]["step_time"],

@@ -47,20 +47,26 @@ LT = LC * args.s
 cells = args.cells or [f"{m}-yarn-s{args.s}-200st-mix-demo" for m in METHODS]
 
 
-def retrieval_grid(cell):
-    """{length: {key-position bin: [correct, trials]}} over every seed's step-200 passkey trials."""
-    grid, seeds = defaultdict(lambda: defaultdict(lambda: [0, 0])), []
+def passkey_trials(cell):
+    """(seeds, every trial) of the cell's complete passkey evaluations at --step, pooled over seeds."""
+    seeds, trials = [], []
     for f in sorted(Path(args.work_dir, "eval").glob(f"{cell}-seed*-step{args.step}.passkey.json")):
         run = json.loads(f.read_text())
-        if not run["settings"].get("complete"):
-            continue
-        seeds.append(f.name.split("-seed")[1].split("-")[0])
-        for t in run["trials"]:
-            key_pos = t["depth"] * t["prompt_tokens"]
-            g = grid[t["length"]][int(key_pos // BIN) * BIN]
-            g[0] += int(t["correct"])
-            g[1] += 1
-    return seeds, {L: dict(sorted(b.items())) for L, b in sorted(grid.items())}
+        if run["settings"].get("complete"):
+            seeds.append(f.name.split("-seed")[1].split("-")[0])
+            trials += run["trials"]
+    return seeds, trials
+
+
+def retrieval_grid(trials):
+    """{length: {key-position bin: [correct, trials]}}."""
+    grid = defaultdict(lambda: defaultdict(lambda: [0, 0]))
+    for t in trials:
+        key_pos = t["depth"] * t["prompt_tokens"]
+        g = grid[t["length"]][int(key_pos // BIN) * BIN]
+        g[0] += int(t["correct"])
+        g[1] += 1
+    return {L: dict(sorted(b.items())) for L, b in sorted(grid.items())}
 
 
 def coverage(method):
@@ -81,34 +87,32 @@ def coverage(method):
     return dict(position=(pos_hist / pos_hist.sum()).round(4).tolist(), distance=(dist_hist / dist_hist.sum()).round(4).tolist())
 
 
-def copy_errors(cell):
+def copy_errors(trials):
     """{length: the answer's per-digit accuracy (5-digit keys) and what its wrong digits are}: the key's digit
     before (the copy repeated a step), after (it skipped one), either (the two are equal), another, or missing."""
     res = {}
-    for f in sorted(Path(args.work_dir, "eval").glob(f"{cell}-seed*-step{args.step}.passkey.json")):
-        for t in json.loads(f.read_text())["trials"]:
-            r = res.setdefault(t["length"], dict(trials=0, digit_right=[0] * 5, repeat=0, skip=0, either=0, other=0,
-                                                      missing=0))
-            key, found = str(t["key"]), re.search(r"\d+", t["output"])
-            out = (found.group() if found else "").ljust(5, "?")
-            r["trials"] += 1
-            for i in range(5):
-                if out[i] == key[i]:
-                    r["digit_right"][i] += 1
-                    continue
-                repeat, skip = i > 0 and out[i] == key[i - 1], i < 4 and out[i] == key[i + 1]
-                r["missing" if out[i] == "?" else "either" if repeat and skip else "repeat" if repeat else "skip" if skip
-                  else "other"] += 1
+    for t in trials:
+        r = res.setdefault(t["length"], dict(trials=0, digit_right=[0] * 5, repeat=0, skip=0, either=0, other=0, missing=0))
+        key, found = str(t["key"]), re.search(r"\d+", t["output"])
+        out = (found.group() if found else "").ljust(5, "?")
+        r["trials"] += 1
+        for i in range(5):
+            if out[i] == key[i]:
+                r["digit_right"][i] += 1
+                continue
+            repeat, skip = i > 0 and out[i] == key[i - 1], i < 4 and out[i] == key[i + 1]
+            r["missing" if out[i] == "?" else "either" if repeat and skip else "repeat" if repeat else "skip" if skip
+              else "other"] += 1
     return dict(sorted(res.items()))
 
 
 out = dict(settings=dict(train_len=LC, target_len=LT, bin=BIN, windows=args.windows, work_dir=args.work_dir, step=args.step),
            cells={})
 for cell in cells:
-    seeds, grid = retrieval_grid(cell)
+    seeds, trials = passkey_trials(cell)
     method = cell.split("-")[0]
-    out["cells"][cell] = dict(seeds=seeds, retrieval=grid, training=coverage(method) if method in METHODS else None,
-                              copy=copy_errors(cell))
+    out["cells"][cell] = dict(seeds=seeds, retrieval=retrieval_grid(trials),
+                              training=coverage(method) if method in METHODS else None, copy=copy_errors(trials))
 
 print(f"passkey accuracy by the key's absolute position ({BIN}-token bins; trials pooled over seeds), and the share of "
       f"training tokens at that position (s = {args.s}, Lt = {LT})")

@@ -251,6 +251,7 @@ def collect():
         for c in GROUPS[g]:
             for seed in args.seeds:
                 step_of = lambda f: int(f.name.rsplit("-step", 1)[1].split(".")[0])
+                step_s = step_seconds(work / name(c, seed) / "log.jsonl")  # one fine-tune, however many stops
                 for pk_file in sorted((work / "eval").glob(f"{name(c, seed)}-step*.passkey.json"), key=step_of):
                     step = step_of(pk_file)
                     seg_file = pk_file.with_name(pk_file.name.replace(".passkey.", ".segments."))
@@ -268,7 +269,7 @@ def collect():
                                      by_distance=binned(pk["trials"], lambda t: (1 - t["depth"]) * t["prompt_tokens"]),
                                      by_key_position=binned(pk["trials"], lambda t: t["depth"] * t["prompt_tokens"]),
                                      segments=json.loads(seg_file.read_text())["loss"], trials=trials,
-                                     step_s=step_seconds(work / name(c, seed) / "log.jsonl")))
+                                     step_s=step_s))
     return runs
 
 
