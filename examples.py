@@ -23,7 +23,7 @@ class Examples:
     """examples.example(e) -> (input_ids, position_ids, labels) of seq_len entries each; clex_factor(step).
 
     data: a prepare_data.TokenDocs; train_ids: the indices of its training documents (train.py holds out the
-    eval documents); mixes: {first step: {task: weight}} (tasks.parse_mix), the one with the largest first
+    eval documents); mixes: {first step: {task: weight}} (train_args.parse_mix), the one with the largest first
     step <= s in force at step s; seq_len: the window (Lt for full, Lc otherwise); clex_max_factor: --method
     clex's largest t; passkey_window: a tasks.PasskeyWindows when a mix has passkey windows."""
 

@@ -22,22 +22,7 @@ import numpy as np
 from eval_passkey import FILLER, INTRO, NEEDLE, QUESTION
 from model import IGNORE_INDEX
 
-TASKS = ("text", "copy", "passkey")
 SENTENCES = re.findall(r"[^.]*\.", FILLER * 2)[:5]  # "The grass is green.", " The sky is blue.", ...
-
-
-def parse_mix(spec):
-    """'copy=0.1,passkey=0.45,text=0.45' -> {'copy': 0.1, ...}, weights normalised to sum 1."""
-    mix = {}
-    for part in spec.split(","):
-        name, _, weight = part.partition("=")
-        if name.strip() not in TASKS or not re.fullmatch(r"\s*[0-9.]+\s*", weight):
-            raise ValueError(f"bad mix entry {part!r}: expected TASK=WEIGHT with TASK one of {', '.join(TASKS)}")
-        mix[name.strip()] = float(weight)
-    total = sum(mix.values())
-    if total <= 0:
-        raise ValueError(f"mix {spec!r}: the weights sum to 0")
-    return {k: v / total for k, v in mix.items() if v > 0}
 
 
 def copy_window(rng, length, vocab_size, first_id=3):

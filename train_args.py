@@ -1,6 +1,7 @@
 """train.py's command line: the presets and every flag with its default (the paper's main run), and the checks of
 what flags say together. Imports nothing but argparse before the flags are parsed, so that a typo fails at once."""
 import argparse
+import re
 
 PRESETS = {  # each sets defaults; flags given on the command line still win
     "llama7b-16k-linear": dict(init_from="cache/llama-7b", data="cache/data/pile", train_len=2048, target_len=16384, rope="linear"),
@@ -11,6 +12,22 @@ PRESETS = {  # each sets defaults; flags given on the command line still win
                  micro_batch=8, max_steps=200, lr=2e-3, warmup=20, ac=False, eval_every=50, eval_docs=4, ckpt_every=100),
 }
 TINY = dict(hidden_size=128, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4, tie_word_embeddings=True)
+
+MIX_TASKS = ("text", "copy", "passkey")  # tasks.py's windows beside plain text
+
+
+def parse_mix(spec):
+    """'copy=0.1,passkey=0.45,text=0.45' -> {'copy': 0.1, ...}, weights normalised to sum 1."""
+    mix = {}
+    for part in spec.split(","):
+        name, _, weight = part.partition("=")
+        if name.strip() not in MIX_TASKS or not re.fullmatch(r"\s*[0-9.]+\s*", weight):
+            raise ValueError(f"bad mix entry {part!r}: expected TASK=WEIGHT with TASK one of {', '.join(MIX_TASKS)}")
+        mix[name.strip()] = float(weight)
+    total = sum(mix.values())
+    if total <= 0:
+        raise ValueError(f"mix {spec!r}: the weights sum to 0")
+    return {k: v / total for k, v in mix.items() if v > 0}
 
 
 def parse_args(doc):
@@ -73,7 +90,6 @@ def parse_args(doc):
     if args.config:
         args.init_from = None
     try:  # {first step: {task: weight}}: --mix from step 0, --mix-from's from its step
-        from tasks import parse_mix
         args.mixes = {0: parse_mix(args.mix)}
         if args.mix_from:
             switch, _, late = args.mix_from.partition(":")

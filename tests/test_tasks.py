@@ -10,7 +10,8 @@ import torch
 
 from eval_passkey import FILLER, build_prompt, prompt_text
 from model import IGNORE_INDEX
-from tasks import PasskeyWindows, copy_window, filler, parse_mix
+from tasks import PasskeyWindows, copy_window, filler
+from train_args import parse_mix
 from tokenizer import load_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -27,6 +28,14 @@ def test_parse_mix():
     for bad in ("tex=1", "copy", "copy=-1", "copy=0,text=0"):
         with pytest.raises(ValueError):
             parse_mix(bad)
+
+
+def test_flags_parse_without_torch():
+    # train_args promises a typo in the flags fails at once: --mix is parsed before torch is imported
+    code = ("import sys, train_args; sys.argv = ['train.py', '--mix', 'copy=1,text=1', '--mix-from', '5:text=1']; "
+            "args = train_args.parse_args('')[1]; print(args.mixes, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    assert out.split()[-1] == "False" and "5: {'text': 1.0}" in out
 
 
 def test_copy_window():

@@ -29,6 +29,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+from methods import num_chunks  # noqa: E402  (results/skips/methods.py: study.py's flags)
 from pose_sampler import sample_full_length, sample_pose, sample_randpos  # noqa: E402
 
 LC, BIN = 128, 128
@@ -79,7 +80,7 @@ def coverage(method):
         elif method == "randpos":
             _, pos = sample_randpos(doc, LC, LT, rng=rng)
         else:
-            _, pos = sample_pose(doc, LC, LT, {"pose2": 2, "pose4": 4, "noskip": 1}[method], rng=rng)
+            _, pos = sample_pose(doc, LC, LT, num_chunks(method), rng=rng)
         p = pos.numpy()
         pos_hist += np.bincount(p // BIN, minlength=LT // BIN)[:LT // BIN]
         d = (p[:, None] - p[None, :])[np.tril_indices(len(p))]  # query minus key, keys at or before the query

@@ -38,15 +38,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from statistics import mean, stdev
 
+from methods import METHOD_FLAGS  # results/skips/methods.py
+
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 LC = 128
 FT = dict(steps=200, lr=1e-3, warmup=20, batch=16)  # demo.py's FINE_TUNE
 MIX = "copy=0.1,passkey=0.45,text=0.45"
 SEEDS = (1337, 1, 2)
-METHOD_FLAGS = {"pose2": ["--method", "pose", "--num-chunks", 2], "pose4": ["--method", "pose", "--num-chunks", 4],
-                "noskip": ["--method", "pose", "--num-chunks", 1], "randpos": ["--method", "randpos"],
-                "full": ["--method", "full"]}
 DEMO_POINT = dict(method="pose2", s=4, rope="yarn", steps=200, data="mix", base="demo")
 
 
