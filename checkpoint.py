@@ -19,7 +19,7 @@ from model import Llama
 FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)  # FSDP: gather the shards onto rank 0's CPU
 # settings a resumed run must share with its checkpoint (others, e.g. --ckpt-every or --stop-after, may change)
 SAME = ("method", "train_len", "target_len", "orig_len", "num_chunks", "rope", "global_batch", "max_steps", "lr", "min_lr",
-        "warmup", "decay", "weight_decay", "seed", "data", "mix", "mix_from", "gap_warmup", "cream_sigma")
+        "warmup", "decay", "weight_decay", "seed", "data", "mix", "mix_from", "gap_warmup", "passkey_min_len", "cream_sigma")
 
 
 class Checkpoints:

@@ -28,8 +28,9 @@ class Examples:
     clex's largest t; passkey_window: a tasks.PasskeyWindows when a mix has passkey windows."""
 
     def __init__(self, data, train_ids, mixes, *, method, seq_len, train_len, target_len, num_chunks, seed, global_batch,
-                 cream_sigma=3.0, clex_max_factor=None, gap_warmup=0, passkey_window=None):
+                 cream_sigma=3.0, clex_max_factor=None, gap_warmup=0, passkey_window=None, passkey_min_len=None):
         self.data, self.train_ids, self.mixes, self.passkey_window = data, train_ids, mixes, passkey_window
+        self.passkey_min_len = passkey_min_len
         self.method, self.seq_len, self.train_len, self.target_len, self.num_chunks = method, seq_len, train_len, target_len, num_chunks
         self.seed, self.global_batch, self.cream_sigma, self.clex_max_factor, self.gap_warmup = \
             seed, global_batch, cream_sigma, clex_max_factor, gap_warmup
@@ -83,6 +84,9 @@ class Examples:
             x, labels = copy_window(rng, self.seq_len, self.data.vocab_size)
         else:
             gap = self.seq_len * min(1, (step + 1) / self.gap_warmup) if self.gap_warmup else self.seq_len
-            x, labels = self.passkey_window(rng, self.seq_len, max(gap, 20))
+            # --passkey-min-len: a prompt of a random length, padded after; else every prompt fills the window, so a
+            # full-length run never sees a question closer than Lt - 1 to the prompt's start
+            prompt_len = int(rng.integers(self.passkey_min_len, self.seq_len + 1)) if self.passkey_min_len else None
+            x, labels = self.passkey_window(rng, self.seq_len, max(gap, 20), prompt_len)
         x, pos = self.sample(torch.from_numpy(x), step, rng, whole=True)
         return x, pos, torch.from_numpy(labels)

@@ -52,21 +52,23 @@ class PasskeyWindows:
     def encode(self, before, after, key, intro=True):
         return self.tok.encode(self.text(before, after, key, intro), bos=self.tok.bos_id is not None)
 
-    def __call__(self, rng, length, max_gap):
-        """A passkey prompt plus its answer in `length` tokens, key-to-question gap <= max_gap tokens."""
-        intro = bool(rng.integers(2))
-        if (length, intro) not in self.fit:
+    def __call__(self, rng, length, max_gap, prompt_len=None):
+        """A passkey prompt plus its answer in `length` tokens, key-to-question gap <= max_gap tokens; the prompt
+        fills at most prompt_len tokens (default: all `length`), the rest is padding."""
+        intro, prompt_len = bool(rng.integers(2)), prompt_len or length
+        if (prompt_len, intro) not in self.fit:
             n = 0
-            while len(self.encode(n + 1, 0, 12345, intro)) <= length:
+            while len(self.encode(n + 1, 0, 12345, intro)) <= prompt_len:
                 n += 1
-            if n == 0 and len(self.encode(0, 0, 12345)) > length:
-                raise ValueError(f"a passkey prompt needs more than {length} tokens: raise --train-len or drop passkey from --mix")
-            self.fit[length, intro] = n
-        n = self.fit[length, intro]
+            if n == 0 and len(self.encode(0, 0, 12345)) > prompt_len:
+                raise ValueError(f"a passkey prompt needs more than {prompt_len} tokens: raise --train-len (or "
+                                 "--passkey-min-len) or drop passkey from --mix")
+            self.fit[prompt_len, intro] = n
+        n = self.fit[prompt_len, intro]
         after = int(rng.integers(0, min(n, int(max_gap / self.per_sentence)) + 1))
         before, key = n - after, int(rng.integers(10000, 100000))
         ids = self.encode(before, after, key, intro)
-        while len(ids) > length:  # a key's digits or a sentence boundary can take a token more
+        while len(ids) > prompt_len:  # a key's digits or a sentence boundary can take a token more
             before, after = (before - 1, after) if before else (0, after - 1)
             ids = self.encode(before, after, key, intro)
         tokens = np.full(length, self.tok.eos_id or 0, dtype=np.int64)

@@ -156,7 +156,7 @@ if ddp:
 examples = Examples(data, train_ids, args.mixes, method=args.method, seq_len=seq_len, train_len=args.train_len,
                     target_len=args.target_len, num_chunks=args.num_chunks, seed=args.seed, global_batch=args.global_batch,
                     cream_sigma=args.cream_sigma, clex_max_factor=rope.get("max_factor"), gap_warmup=args.gap_warmup,
-                    passkey_window=passkey_window)
+                    passkey_window=passkey_window, passkey_min_len=args.passkey_min_len)
 
 
 def get_batch(step, micro_step):

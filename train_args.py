@@ -55,6 +55,8 @@ def parse_args(doc):
     add("--mix-from", help="STEP:MIX: switch to another --mix from that step on, e.g. 400:copy=0.1,passkey=0.45,text=0.45")
     add("--gap-warmup", type=int, default=0, help="passkey windows: the key-to-question gap grows from 20 tokens to the "
         "whole window over the first N steps (default: %(default)s)")
+    add("--passkey-min-len", type=int, help="passkey windows: each prompt takes a random length from N tokens up to the "
+        "window, padded after (default: every prompt fills the window, so full-length runs see only Lt-token prompts)")
     add("--global-batch", type=int, default=64, help="sequences per optimizer step, all ranks (default: %(default)s)")
     add("--micro-batch", type=int, default=1, help="sequences per forward pass per rank (default: %(default)s)")
     add("--max-steps", type=int, default=1000, help="optimizer steps (default: %(default)s)")
@@ -96,6 +98,11 @@ def parse_args(doc):
             args.mixes[int(switch)] = parse_mix(late)
     except ValueError as e:
         parser.error(f"--mix / --mix-from {args.mix_from or ''}: {e}")
+    window = args.target_len if args.method == "full" else args.train_len
+    if args.passkey_min_len is not None and not (0 < args.passkey_min_len <= window
+                                                 and any("passkey" in mix for mix in args.mixes.values())):
+        parser.error(f"--passkey-min-len {args.passkey_min_len}: expected 1..{window} (the training window) and passkey "
+                     "windows in --mix or --mix-from")
     if args.method == "cream" and args.target_len % args.train_len:
         parser.error(f"--method cream: --target-len {args.target_len} must be a multiple of --train-len {args.train_len}")
     if args.method == "cream" and args.train_len <= 8 * (args.target_len // args.train_len):

@@ -115,10 +115,11 @@ class FakePasskey:
     """Records the max_gap train.py asks for; returns a window of the requested length with its last token scored."""
 
     def __init__(self):
-        self.gaps = []
+        self.gaps, self.prompt_lens = [], []
 
-    def __call__(self, rng, length, max_gap):
+    def __call__(self, rng, length, max_gap, prompt_len=None):
         self.gaps.append(max_gap)
+        self.prompt_lens.append(prompt_len)
         labels = np.full(length, IGNORE_INDEX, dtype=np.int64)
         labels[-1] = 7
         return np.arange(3, 3 + length, dtype=np.int64), labels
@@ -134,6 +135,19 @@ def test_passkey_gap_grows_over_gap_warmup(data, gap_warmup, gaps):
         x, pos, labels = ex.example(step * BATCH)
         assert torch.equal(x, torch.arange(3, 3 + LC)) and labels[-1] == 7
     assert fake.gaps == gaps
+
+
+def test_passkey_min_len_varies_the_prompt(data):
+    """--passkey-min-len on a full-length run: prompts of every length from it up to Lt (uniform), else each fills
+    the window; the flag moves no other draw when unset."""
+    fake, plain = FakePasskey(), FakePasskey()
+    varied, fills = make(data, "full", {0: {"passkey": 1.0}}, passkey_window=fake, passkey_min_len=LC), \
+        make(data, "full", {0: {"passkey": 1.0}}, passkey_window=plain)
+    for e in range(400):
+        varied.example(e), fills.example(e)
+    lens = np.array(fake.prompt_lens)
+    assert lens.min() >= LC and lens.max() <= LT and 0.4 < np.mean(lens < (LC + LT) / 2) < 0.6
+    assert set(plain.prompt_lens) == {None}
 
 
 def test_clex_factor_is_one_draw_per_step(data):

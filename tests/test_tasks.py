@@ -69,6 +69,16 @@ def test_passkey_window_fits_and_scores_the_answer(tok, length):
     assert 5 <= intros <= 15  # half the windows leave the intro out
 
 
+def test_passkey_prompt_shorter_than_the_window(tok):
+    """prompt_len: the prompt and its answer fill at most that many tokens of the window, padding after."""
+    make, rng = PasskeyWindows(tok), np.random.default_rng(3)
+    for prompt_len in (128, 300):
+        x, y = make(rng, 512, max_gap=512, prompt_len=prompt_len)
+        n = int((y != IGNORE_INDEX).sum())
+        assert len(x) == 512 and prompt_len - 2 * make.per_sentence - 8 < n <= prompt_len and (x[n:] == tok.eos_id).all()
+        assert tok.decode(x[:n].tolist()).split("The pass key is")[-1].strip(" .").isdigit()
+
+
 def test_passkey_window_is_the_eval_prompt_plus_answer(tok):
     """With whole fillers the training text is eval_passkey's prompt, so the model learns the eval format."""
     make = PasskeyWindows(tok)
@@ -126,6 +136,8 @@ def test_train_with_a_mix_and_plain_method(tmp_path):
     assert hf["max_position_embeddings"] == 512
     bad = subprocess.run(list(map(str, cmd[:-1])) + ["copy=1,typo=2"], cwd=REPO, capture_output=True, text=True)
     assert bad.returncode == 2 and "typo" in bad.stderr and "TASK=WEIGHT" in bad.stderr
+    bad = subprocess.run(list(map(str, cmd)) + ["--passkey-min-len", "129"], cwd=REPO, capture_output=True, text=True)
+    assert bad.returncode == 2 and "--passkey-min-len 129: expected 1..128" in bad.stderr
 
 
 def test_demo_quick(tmp_path):

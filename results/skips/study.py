@@ -6,7 +6,8 @@ Every cell fine-tunes a base with train.py exactly as `make demo` does (200 step
 the demo's point (PoSE, 2 chunks, YaRN, s = Lt / Lc = 4, 200 steps, the demo's mix, the demo's base):
 
   method   pose2 (the demo's PoSE), pose4 (4 chunks), noskip (the control: --num-chunks 1, positions 0..Lc-1, the
-           same YaRN s: PoSE with its one ingredient removed), randpos, full (full-length at Lt: the ceiling)
+           same YaRN s: PoSE with its one ingredient removed), randpos, full (full-length at Lt: the ceiling),
+           fullvar (full-length whose passkey prompts take 128..Lt tokens, not all Lt: 'prompts', at s = 8)
   ratio    s = 4, 8, 16 (Lt = 512, 1024, 2048)
   rope     yarn, linear; on a second base with head dim 64 ('hd64': 2 heads of 64 instead of 4 of 32, same width),
            since linear scaling scores 0.00 on the demo's head-dim-32 base even after fine-tuning
@@ -53,9 +54,14 @@ def cell(**move):
     return dict(DEMO_POINT, **move)
 
 
+def cells_of(groups):
+    """The cells of these groups, each once (groups share their control and ceiling cells)."""
+    return list({name(c): c for cells in groups.values() for c in cells}.values())
+
+
 # The design: each group moves one axis from the demo's point (every group includes the control and the ceiling)
 GROUPS = {
-    "method": [cell(method=m) for m in METHOD_FLAGS],
+    "method": [cell(method=m) for m in ("pose2", "pose4", "noskip", "randpos", "full")],
     # the demo's recipe pretrained under other seeds: PoSE beat its control by +0.38 on one base and tied on another
     "bases": [cell(method=m, base=b) for b in ("seed1", "seed2") for m in ("pose2", "noskip", "full")],
     "ratio8": [cell(method=m, s=8) for m in ("pose2", "pose4", "noskip", "full")],
@@ -63,6 +69,8 @@ GROUPS = {
     "steps": [cell(method=m, steps=1000) for m in ("pose2", "noskip", "full")],
     "ratio16": [cell(method=m, s=16) for m in ("pose2", "pose4", "noskip", "full")],
     "text": [cell(method=m, data="text") for m in ("pose2", "noskip", "full")],
+    # full-length at s = 8 keeps 0.56 at Lc: its passkey prompts all fill the Lt window; with prompts of Lc..Lt tokens?
+    "prompts": [cell(method=m, s=8) for m in ("full", "fullvar")],
 }
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -246,29 +254,28 @@ def passkey_rows(pk):
 def collect():
     """Every finished (cell, seed, step): passkey per length, by depth, per trial; segment losses."""
     runs = []
-    for g in GROUPS:
-        for c in GROUPS[g]:
-            for seed in args.seeds:
-                step_of = lambda f: int(f.name.rsplit("-step", 1)[1].split(".")[0])
-                step_s = step_seconds(work / name(c, seed) / "log.jsonl")  # one fine-tune, however many stops
-                for pk_file in sorted((work / "eval").glob(f"{name(c, seed)}-step*.passkey.json"), key=step_of):
-                    step = step_of(pk_file)
-                    seg_file = pk_file.with_name(pk_file.name.replace(".passkey.", ".segments."))
-                    pk = json.loads(pk_file.read_text())
-                    if not pk["settings"].get("complete", True) or not seg_file.exists():
-                        continue
-                    lt = LC * c["s"]
-                    by_len = {r["length"]: r["accuracy"] for r in pk["results"]}
-                    trials = {(t["length"], round(t["depth"], 6), t["key"]): t["correct"] for t in pk["trials"]}
-                    deep = [t for t in pk["trials"] if t["length"] == lt]
-                    runs.append(dict(cell=c, name=name(c), seed=seed, step=step, Lt=lt, passkey=by_len,
-                                     at_Lt=by_len.get(lt), at_2Lt=by_len.get(2 * lt),
-                                     at_Lt_by_depth={d: _acc([t for t in deep if abs(t["depth"] - d) <= 0.1])
-                                                     for d in (0.1, 0.3, 0.5, 0.7, 0.9)},
-                                     by_distance=binned(pk["trials"], lambda t: (1 - t["depth"]) * t["prompt_tokens"]),
-                                     by_key_position=binned(pk["trials"], lambda t: t["depth"] * t["prompt_tokens"]),
-                                     segments=json.loads(seg_file.read_text())["loss"], trials=trials,
-                                     step_s=step_s))
+    for c in cells_of(GROUPS):
+        for seed in args.seeds:
+            step_of = lambda f: int(f.name.rsplit("-step", 1)[1].split(".")[0])
+            step_s = step_seconds(work / name(c, seed) / "log.jsonl")  # one fine-tune, however many stops
+            for pk_file in sorted((work / "eval").glob(f"{name(c, seed)}-step*.passkey.json"), key=step_of):
+                step = step_of(pk_file)
+                seg_file = pk_file.with_name(pk_file.name.replace(".passkey.", ".segments."))
+                pk = json.loads(pk_file.read_text())
+                if not pk["settings"].get("complete", True) or not seg_file.exists():
+                    continue
+                lt = LC * c["s"]
+                by_len = {r["length"]: r["accuracy"] for r in pk["results"]}
+                trials = {(t["length"], round(t["depth"], 6), t["key"]): t["correct"] for t in pk["trials"]}
+                deep = [t for t in pk["trials"] if t["length"] == lt]
+                runs.append(dict(cell=c, name=name(c), seed=seed, step=step, Lt=lt, passkey=by_len,
+                                 at_Lt=by_len.get(lt), at_2Lt=by_len.get(2 * lt),
+                                 at_Lt_by_depth={d: _acc([t for t in deep if abs(t["depth"] - d) <= 0.1])
+                                                 for d in (0.1, 0.3, 0.5, 0.7, 0.9)},
+                                 by_distance=binned(pk["trials"], lambda t: (1 - t["depth"]) * t["prompt_tokens"]),
+                                 by_key_position=binned(pk["trials"], lambda t: t["depth"] * t["prompt_tokens"]),
+                                 segments=json.loads(seg_file.read_text())["loss"], trials=trials,
+                                 step_s=step_s))
     return runs
 
 
@@ -361,7 +368,7 @@ def plots(table, out):
         print("matplotlib is not installed: no figures")
         return
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
-    COLORS = dict(pose2="C0", pose4="C2", noskip="C1", randpos="C3", full="k")  # one colour per method in both panels
+    COLORS = dict(pose2="C0", pose4="C2", noskip="C1", randpos="C3", full="k", fullvar="0.55")  # one colour per method in both panels
     for m in METHOD_FLAGS:  # passkey at Lt against s, the demo point's other settings
         pts = sorted((r["cell"]["s"], r["at_Lt"]) for r in table if r["cell"]["method"] == m and r["step"] == 200
                      and {k: v for k, v in r["cell"].items() if k not in ("s", "method")} ==
@@ -387,7 +394,7 @@ def plots(table, out):
 
 
 if not args.report_only:
-    cells = [(c, seed) for g in args.groups for c in GROUPS[g] for seed in args.seeds
+    cells = [(c, seed) for c in cells_of({g: GROUPS[g] for g in args.groups}) for seed in args.seeds
              if not args.methods or c["method"] in args.methods]
     print(f"{len(cells)} fine-tunes ({', '.join(args.groups)}) x seeds {args.seeds}, {args.workers} one-thread jobs at once")
     with ThreadPoolExecutor(args.workers) as pool:
