@@ -303,6 +303,15 @@ def stats(xs):
     return dict(mean=mean(xs), sd=stdev(xs) if len(xs) > 1 else 0.0, n=len(xs)) if xs else None
 
 
+REGIONS = ("0-Lc", "Lc-Lt", "Lt-2Lt")
+
+
+def regions(run):
+    """A run's held-out loss per position region: the mean of its LC-token segments below Lc, from Lc to Lt, beyond Lt."""
+    seg, s = run["segments"], run["Lt"] // LC
+    return dict(zip(REGIONS, (mean(seg[:1]), mean(seg[1:s]), mean(seg[s:2 * s]))))
+
+
 def report(runs):
     """Per (cell, step): mean +- sd over seeds; paired by seed against the control (noskip) and the ceiling (full)
     of the same group point."""
@@ -319,6 +328,7 @@ def report(runs):
                    by_distance={b: stats(r["by_distance"].get(b, [None])[0] for r in mine) for b in mine[0]["by_distance"]},
                    by_key_position={b: stats(r["by_key_position"].get(b, [None])[0] for r in mine)
                                     for b in mine[0]["by_key_position"]})
+        row["loss"] = {region: stats(regions(r)[region] for r in mine) for region in REGIONS}
         for ref in ("noskip", "full"):  # paired by seed: the same seed's data order, the same passkey trials
             other = {r["seed"]: r for r in runs if r["name"] == name(dict(c, method=ref)) and r["step"] == k[1]}
             pairs = [(r, other[r["seed"]]) for r in mine if r["seed"] in other]
@@ -329,7 +339,8 @@ def report(runs):
                 # over all trials at Lt of all paired seeds: which of the two retrieved the same key at the same depth
                 wins = sum(a["trials"][t] and not b["trials"][t] for a, b in pairs for t in a["trials"] if t[0] == a["Lt"])
                 losses = sum(b["trials"][t] and not a["trials"][t] for a, b in pairs for t in a["trials"] if t[0] == a["Lt"])
-                row[f"minus_{ref}"] = dict(at_Lt=stats(diffs), at_2Lt=stats(diffs2), seeds=[a["seed"] for a, _ in pairs],
+                loss = {region: stats(regions(a)[region] - regions(b)[region] for a, b in pairs) for region in REGIONS}
+                row[f"minus_{ref}"] = dict(at_Lt=stats(diffs), at_2Lt=stats(diffs2), loss=loss, seeds=[a["seed"] for a, _ in pairs],
                                            trials_won=wins, trials_lost=losses, sign_test_p=sign_test(wins, losses))
         table.append(row)
     return table
@@ -357,6 +368,17 @@ def print_tables(table):
         print(f"| {r['name']} | {r['step']} | {len(r['seeds'])} | {fmt(r['at_Lt'])} | {fmt(r['at_2Lt'])} | "
               f"{fmt(ctl['at_Lt']) if ctl else '—'} | {won} | {fmt(full['at_Lt']) if full else '—'} | "
               + (f"{r['step_s']['mean']:.2f} |" if r["step_s"] else "— |"))
+
+
+def print_losses(table):
+    print("\nheld-out Macbeth: mean loss (nats per token) of the position segments in each region, mean ± sd over seeds; "
+          "− control paired by seed\n\n| cell | step | loss 0–Lc | Lc–Lt | Lt–2 Lt | − control, Lc–Lt | − control, Lt–2 Lt |"
+          "\n|---|---:|---:|---:|---:|---:|---:|")
+    for r in table:
+        ctl = r.get("minus_noskip")
+        print(f"| {r['name']} | {r['step']} | " + " | ".join(fmt(r["loss"][g]) for g in REGIONS) + " | "
+              + (" | ".join(f"{ctl['loss'][g]['mean']:+.3f} ± {ctl['loss'][g]['sd']:.3f}" for g in REGIONS[1:]) if ctl
+                 else "— | —") + " |")
 
 
 def plots(table, out):
@@ -402,6 +424,7 @@ if not args.report_only:
 runs = collect()
 table = report(runs)
 print_tables(table)
+print_losses(table)
 out = Path(args.out)
 out.parent.mkdir(parents=True, exist_ok=True)
 for r in runs:
