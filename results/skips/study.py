@@ -69,6 +69,8 @@ GROUPS = {
     "steps": [cell(method=m, steps=1000) for m in ("pose2", "noskip", "full")],
     # linear fails at 200 steps on the head-dim-64 base too (full-length 0.00 at Lt): does it come with 1,000?
     "linear1000": [cell(method=m, rope="linear", base="hd64", steps=1000) for m in ("full", "pose2", "noskip")],
+    # and with 4 layers (the issue's other suggestion), at 200 steps
+    "linear_l4": [cell(method=m, rope="linear", base="l4hd64") for m in ("full", "pose2", "noskip")],
     "ratio16": [cell(method=m, s=16) for m in ("pose2", "pose4", "noskip", "full")],
     "text": [cell(method=m, data="text") for m in ("pose2", "noskip", "full")],
     # full-length at s = 8 keeps 0.56 at Lc: its passkey prompts all fill the Lt window; with prompts of Lc..Lt tokens?
@@ -118,14 +120,16 @@ def demo_base():
 
 
 def other_base(kind):
-    """The demo's base recipe (demo.py's BASE and mix schedule) on a head-dim-64 config (2 heads of 64; 'hd64'), or
-    on the demo's config under another pretraining seed ('seed1', 'seed2')."""
+    """The demo's base recipe (demo.py's BASE and mix schedule) on a head-dim-64 config (2 heads of 64; 'hd64'; with
+    4 layers instead of 2: 'l4hd64'), or on the demo's config under another pretraining seed ('seed1', 'seed2')."""
     out = work / f"base-{kind}"
     if (out / "hf" / "config.json").exists():
         return out / "hf"
     config = json.loads((ROOT / "data/demo_model.json").read_text())
-    if kind == "hd64":
+    if kind in ("hd64", "l4hd64"):
         config.update(num_attention_heads=2)  # hidden 128 / 2 heads = head dim 64, SmolLM2's
+    if kind == "l4hd64":
+        config.update(num_hidden_layers=4)
     work.mkdir(parents=True, exist_ok=True)
     (work / f"base-{kind}.json").write_text(json.dumps(config))
     steps = 30 if args.quick else 900
