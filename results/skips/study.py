@@ -272,17 +272,34 @@ def collect():
                     continue
                 lt = LC * c["s"]
                 by_len = {r["length"]: r["accuracy"] for r in pk["results"]}
-                trials = {(t["length"], round(t["depth"], 6), t["key"]): t["correct"] for t in pk["trials"]}
-                deep = [t for t in pk["trials"] if t["length"] == lt]
+                deep = sorted((t for t in pk["trials"] if t["length"] == lt), key=lambda t: (round(t["depth"], 6), t["key"]))
                 runs.append(dict(cell=c, name=name(c), seed=seed, step=step, Lt=lt, passkey=by_len,
                                  at_Lt=by_len.get(lt), at_2Lt=by_len.get(2 * lt),
                                  at_Lt_by_depth={d: _acc([t for t in deep if abs(t["depth"] - d) <= 0.1])
                                                  for d in (0.1, 0.3, 0.5, 0.7, 0.9)},
                                  by_distance=binned(pk["trials"], lambda t: (1 - t["depth"]) * t["prompt_tokens"]),
                                  by_key_position=binned(pk["trials"], lambda t: t["depth"] * t["prompt_tokens"]),
-                                 segments=json.loads(seg_file.read_text())["loss"], trials=trials,
-                                 step_s=step_s))
-    return runs
+                                 segments=json.loads(seg_file.read_text())["loss"], step_s=step_s,
+                                 # every model sees the same (depth, key) trials: outcomes in that order pair trial by trial
+                                 trials_at_Lt="".join("01"[t["correct"]] for t in deep)))
+    return runs + recorded(runs)
+
+
+def recorded(runs):
+    """The runs the --out JSON records that the work dir no longer holds (the work dir is a cache; the committed JSON is
+    the record): kept as recorded. Runs recorded before per-trial outcomes were kept lack them (trials_at_Lt None)."""
+    out = Path(args.out)
+    if not out.is_file():
+        return []
+    have = {(r["name"], r["seed"], r["step"]) for r in runs}
+    old = [r for r in json.loads(out.read_text())["runs"] if (r["name"], r["seed"], r["step"]) not in have]
+    for r in old:
+        r.setdefault("trials_at_Lt", None)
+        for k in ("passkey", "at_Lt_by_depth", "by_distance", "by_key_position"):  # JSON made the numeric keys strings
+            r[k] = {float(x) if k == "at_Lt_by_depth" else int(x): v for x, v in r[k].items()}
+    if old:
+        print(f"{len(old)} runs taken from {out} (their evaluations are not in {work})")
+    return old
 
 
 def step_seconds(log):
@@ -323,6 +340,9 @@ def report(runs):
     of the same group point."""
     table = []
     keyf = lambda r: (r["name"], r["step"])
+    out = Path(args.out)
+    previous = {((r["name"], r["step"]), ref): r[f"minus_{ref}"] for r in (json.loads(out.read_text())["table"] if out.is_file() else [])
+                for ref in ("noskip", "full") if f"minus_{ref}" in r}
     for k in dict.fromkeys(map(keyf, runs)):
         mine = [r for r in runs if keyf(r) == k]
         c = mine[0]["cell"]
@@ -342,14 +362,25 @@ def report(runs):
                 diff = lambda a, b: None if a is None or b is None else a - b
                 diffs = [diff(a["at_Lt"], b["at_Lt"]) for a, b in pairs]
                 diffs2 = [diff(a["at_2Lt"], b["at_2Lt"]) for a, b in pairs]
-                # over all trials at Lt of all paired seeds: which of the two retrieved the same key at the same depth
-                wins = sum(a["trials"][t] and not b["trials"][t] for a, b in pairs for t in a["trials"] if t[0] == a["Lt"])
-                losses = sum(b["trials"][t] and not a["trials"][t] for a, b in pairs for t in a["trials"] if t[0] == a["Lt"])
                 loss = {region: stats(regions(a)[region] - regions(b)[region] for a, b in pairs) for region in REGIONS}
                 row[f"minus_{ref}"] = dict(at_Lt=stats(diffs), at_2Lt=stats(diffs2), loss=loss, seeds=[a["seed"] for a, _ in pairs],
-                                           trials_won=wins, trials_lost=losses, sign_test_p=sign_test(wins, losses))
+                                           **trial_pairs(pairs, previous.get((k, ref))))
         table.append(row)
     return table
+
+
+def trial_pairs(pairs, before):
+    """Over all trials at Lt of all paired seeds, which of the two retrieved the same key at the same depth, and a sign
+    test on those; for runs recorded without per-trial outcomes, the counts the --out JSON recorded for these pairs."""
+    if any(a["trials_at_Lt"] is None or b["trials_at_Lt"] is None for a, b in pairs):
+        same = before and before["seeds"] == [a["seed"] for a, _ in pairs]
+        return {k: before[k] if same else None for k in ("trials_won", "trials_lost", "sign_test_p")}
+    for a, b in pairs:
+        if len(a["trials_at_Lt"]) != len(b["trials_at_Lt"]):
+            sys.exit(f"error: {a['name']} and its reference were evaluated on different passkey trials at Lt")
+    wins = sum(x > y for a, b in pairs for x, y in zip(a["trials_at_Lt"], b["trials_at_Lt"]))
+    losses = sum(x < y for a, b in pairs for x, y in zip(a["trials_at_Lt"], b["trials_at_Lt"]))
+    return dict(trials_won=wins, trials_lost=losses, sign_test_p=sign_test(wins, losses))
 
 
 def sign_test(wins, losses):
@@ -370,7 +401,7 @@ def print_tables(table):
           "| trials won / lost vs control (p) | − full at Lt | s / step |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in table:
         ctl, full = r.get("minus_noskip"), r.get("minus_full")
-        won = f"{ctl['trials_won']} / {ctl['trials_lost']} ({ctl['sign_test_p']:.2g})" if ctl else "—"
+        won = f"{ctl['trials_won']} / {ctl['trials_lost']} ({ctl['sign_test_p']:.2g})" if ctl and ctl["trials_won"] is not None else "—"
         print(f"| {r['name']} | {r['step']} | {len(r['seeds'])} | {fmt(r['at_Lt'])} | {fmt(r['at_2Lt'])} | "
               f"{fmt(ctl['at_Lt']) if ctl else '—'} | {won} | {fmt(full['at_Lt']) if full else '—'} | "
               + (f"{r['step_s']['mean']:.2f} |" if r["step_s"] else "— |"))
@@ -433,12 +464,10 @@ print_tables(table)
 print_losses(table)
 out = Path(args.out)
 out.parent.mkdir(parents=True, exist_ok=True)
-for r in runs:
-    r["trials"] = None  # per-trial outcomes stay in the eval JSONs (work dir); the summary keeps the counts
 out.write_text(json.dumps(dict(settings=dict(train_len=LC, fine_tune=FT, mix=MIX, demo_point=DEMO_POINT, seeds=args.seeds,
                                              trials=args.trials, groups={g: [name(c) for c in GROUPS[g]] for g in GROUPS},
                                              quick=args.quick),
-                               runs=[{k: v for k, v in r.items() if k != "trials"} for r in runs], table=table),
+                               runs=runs, table=table),
                           indent=1) + "\n")
 print(f"wrote {out}")
 plots(table, out)
