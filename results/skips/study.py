@@ -26,6 +26,8 @@ Macbeth in windows of 2 Lt tokens (one causal pass per window, so the segment at
     python results/skips/study.py --quick --work-dir /tmp/sk        # a smoke run of every code path (meaningless)
 
 Restartable: a finished fine-tune, checkpoint or evaluation in --work-dir is kept; two one-thread jobs side by side.
+skips.json is the record (per-trial passkey outcomes at Lt included): a run it holds is reported even when the work
+dir that made it is gone.
 """
 import argparse
 import json
@@ -80,7 +82,8 @@ GROUPS = {
 parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
 parser.add_argument("--demo-dir", default="out/demo", help="a finished make demo run: its base and token files (default: %(default)s)")
 parser.add_argument("--work-dir", default="out/skips", help="models, evaluations, logs (default: %(default)s)")
-parser.add_argument("--out", default="results/skips/skips.json", help="summary JSON; figures beside it (default: %(default)s)")
+parser.add_argument("--out", help="summary JSON, figures beside it; runs it records that --work-dir lacks are kept (default: "
+                    "results/skips/skips.json; with --quick, skips.json in --work-dir)")
 parser.add_argument("--groups", nargs="+", default=list(GROUPS), choices=list(GROUPS), help="(default: all, in this order)")
 parser.add_argument("--methods", nargs="+", choices=list(METHOD_FLAGS), help="only these methods' cells (default: all)")
 parser.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS), help="fine-tuning seeds (default: %(default)s)")
@@ -95,6 +98,7 @@ args = parser.parse_args()
 if args.quick:
     FT.update(steps=4, warmup=1, batch=4)
     args.trials, args.seeds = 2, args.seeds[:2]
+args.out = args.out or (f"{args.work_dir}/skips.json" if args.quick else "results/skips/skips.json")  # a smoke run never touches the record
 demo, work = Path(args.demo_dir), Path(args.work_dir)
 PY = sys.executable
 
