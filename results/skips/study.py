@@ -430,7 +430,7 @@ def plots(table, out):
     except ImportError:
         print("matplotlib is not installed: no figures")
         return
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(16, 4.2))
     COLORS = dict(pose2="C0", pose4="C2", noskip="C1", randpos="C3", full="k", fullvar="0.55")  # one colour per method in both panels
     for m in METHOD_FLAGS:  # passkey at Lt against s, the demo point's other settings
         pts = sorted((r["cell"]["s"], r["at_Lt"]) for r in table if r["cell"]["method"] == m and r["step"] == 200
@@ -449,8 +449,18 @@ def plots(table, out):
             ax2.errorbar([p[0] for p in pts], [p[1]["mean"] for p in pts], yerr=[p[1]["sd"] for p in pts], marker="o", color=COLORS[m],
                          capsize=3, label=m)
     ax2.set(xlabel="fine-tuning step (a 1,000-step cosine schedule)", ylabel="passkey accuracy at Lt = 512",
-            ylim=(-0.02, 1.02), title="s = 4, YaRN")
+            ylim=(-0.02, 1.02), title="s = 4, YaRN: passkey")
     ax2.legend(fontsize=8)
+    for m in ("pose2", "full"):  # the same runs through the held-out loss: the gain over the control from Lc to Lt
+        pts = sorted((r["step"], r["minus_noskip"]["loss"]["Lc-Lt"]) for r in table
+                     if r["name"] == name(cell(method=m, steps=1000)) and "minus_noskip" in r)
+        if pts:
+            ax3.errorbar([p[0] for p in pts], [p[1]["mean"] for p in pts], yerr=[p[1]["sd"] for p in pts], marker="o", color=COLORS[m],
+                         capsize=3, label=f"{m} − control")
+    ax3.axhline(0, color="0.6", lw=0.8)
+    ax3.set(xlabel="fine-tuning step (a 1,000-step cosine schedule)", ylabel="loss at positions Lc..Lt − the control's (nats)",
+            title="s = 4, YaRN: held-out text, paired by seed")
+    ax3.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out.with_name("skips.png"), dpi=110)
     print(f"wrote {out.with_name('skips.png')}")
