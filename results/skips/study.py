@@ -10,7 +10,8 @@ the demo's point (PoSE, 2 chunks, YaRN, s = Lt / Lc = 4, 200 steps, the demo's m
            fullvar (full-length whose passkey prompts take 128..Lt tokens, not all Lt: 'prompts', at s = 8)
   ratio    s = 4, 8, 16 (Lt = 512, 1024, 2048)
   rope     yarn, linear; on a second base with head dim 64 ('hd64': 2 heads of 64 instead of 4 of 32, same width),
-           since linear scaling scores 0.00 on the demo's head-dim-32 base even after fine-tuning
+           since linear scaling scores 0.00 on the demo's head-dim-32 base even after fine-tuning; linear's gate
+           (full-length + linear >= 0.9 at Lt) also after 1,000 steps and on a 4-layer head-dim-64 base ('l4hd64')
   steps    200 and 1,000 (the 1,000-step runs evaluated every 200 steps from their checkpoints)
   data     the demo's mix, and text only (judged by loss per position: text erases the base's retrieval)
 
