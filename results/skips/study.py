@@ -288,23 +288,20 @@ def collect():
                                  segments=json.loads(seg_file.read_text())["loss"], step_s=step_s,
                                  # every model sees the same (depth, key) trials: outcomes in that order pair trial by trial
                                  trials_at_Lt="".join("01"[t["correct"]] for t in deep)))
-    return runs + recorded(runs)
+    return runs
 
 
-def recorded(runs):
+def recorded(runs, record):
     """The runs the --out JSON records that the work dir no longer holds (the work dir is a cache; the committed JSON is
     the record): kept as recorded. Runs recorded before per-trial outcomes were kept lack them (trials_at_Lt None)."""
-    out = Path(args.out)
-    if not out.is_file():
-        return []
     have = {(r["name"], r["seed"], r["step"]) for r in runs}
-    old = [r for r in json.loads(out.read_text())["runs"] if (r["name"], r["seed"], r["step"]) not in have]
+    old = [r for r in record["runs"] if (r["name"], r["seed"], r["step"]) not in have]
     for r in old:
         r.setdefault("trials_at_Lt", None)
         for k in ("passkey", "at_Lt_by_depth", "by_distance", "by_key_position"):  # JSON made the numeric keys strings
             r[k] = {float(x) if k == "at_Lt_by_depth" else int(x): v for x, v in r[k].items()}
     if old:
-        print(f"{len(old)} runs taken from {out} (their evaluations are not in {work})")
+        print(f"{len(old)} runs taken from {args.out} (their evaluations are not in {work})")
     return old
 
 
@@ -341,14 +338,13 @@ def regions(run):
     return dict(zip(REGIONS, (mean(seg[:1]), mean(seg[1:s]), mean(seg[s:2 * s]))))
 
 
-def report(runs):
+def report(runs, record):
     """Per (cell, step): mean +- sd over seeds; paired by seed against the control (noskip) and the ceiling (full)
     of the same group point."""
     table = []
     keyf = lambda r: (r["name"], r["step"])
-    out = Path(args.out)
-    previous = {((r["name"], r["step"]), ref): r[f"minus_{ref}"] for r in (json.loads(out.read_text())["table"] if out.is_file() else [])
-                for ref in ("noskip", "full") if f"minus_{ref}" in r}
+    previous = {((r["name"], r["step"]), ref): r[f"minus_{ref}"] for r in record["table"] for ref in ("noskip", "full")
+                if f"minus_{ref}" in r}
     for k in dict.fromkeys(map(keyf, runs)):
         mine = [r for r in runs if keyf(r) == k]
         c = mine[0]["cell"]
@@ -433,7 +429,7 @@ def plots(table, out):
         print("matplotlib is not installed: no figures")
         return
     fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(16, 4.2))
-    COLORS = dict(pose2="C0", pose4="C2", noskip="C1", randpos="C3", full="k", fullvar="0.55")  # one colour per method in both panels
+    COLORS = dict(pose2="C0", pose4="C2", noskip="C1", randpos="C3", full="k", fullvar="0.55")  # one colour per method in every panel
     for m in METHOD_FLAGS:  # passkey at Lt against s, the demo point's other settings
         pts = sorted((r["cell"]["s"], r["at_Lt"]) for r in table if r["cell"]["method"] == m and r["step"] == 200
                      and {k: v for k, v in r["cell"].items() if k not in ("s", "method")} ==
@@ -474,11 +470,13 @@ if not args.report_only:
     print(f"{len(cells)} fine-tunes ({', '.join(args.groups)}) x seeds {args.seeds}, {args.workers} one-thread jobs at once")
     with ThreadPoolExecutor(args.workers) as pool:
         list(pool.map(lambda cs: job(*cs), cells))
+out = Path(args.out)
+record = json.loads(out.read_text()) if out.is_file() else dict(runs=[], table=[])  # read once: its runs and its pair counts
 runs = collect()
-table = report(runs)
+runs += recorded(runs, record)
+table = report(runs, record)
 print_tables(table)
 print_losses(table)
-out = Path(args.out)
 out.parent.mkdir(parents=True, exist_ok=True)
 out.write_text(json.dumps(dict(settings=dict(train_len=LC, fine_tune=FT, mix=MIX, demo_point=DEMO_POINT, seeds=args.seeds,
                                              trials=args.trials, groups={g: [name(c) for c in GROUPS[g]] for g in GROUPS},
